@@ -1,0 +1,57 @@
+rockspec_format = "3.0"
+package = "sslctx"
+version = "scm-1"
+
+source = {
+   url = "git+https://github.com/sslctx/sslctx.git",
+   branch = "main",
+}
+
+description = {
+   summary = "TLS contexts and connections for Lua over OpenSSL, with explicit verification modes",
+   detailed = [[
+sslctx binds OpenSSL's SSL_CTX and SSL for Lua 5.1-5.4 and LuaJIT: verification
+modes for each side (never/always/once/require/post-handshake), Lua or native
+verify callbacks, CRLs and verification parameters, a memory transport, and
+adapters for LuaSocket, OpenResty and LuaSec-style code.
+]],
+   -- Assumed (the Lua ecosystem's usual licence; luarocks lint requires one):
+   -- confirm when a LICENSE file is added.
+   license = "MIT",
+   homepage = "https://github.com/sslctx/sslctx",
+}
+
+dependencies = {
+   "lua >= 5.1, < 5.5",
+}
+
+-- OpenSSL is linked dynamically: inside nginx the module must share nginx's libssl.
+external_dependencies = {
+   OPENSSL = {
+      header = "openssl/ssl.h",
+   },
+}
+
+build = {
+   type = "builtin",
+   modules = {
+      ["sslctx.core"] = {
+         sources = {
+            "src/core.c", "src/context.c", "src/connection.c", "src/verify.c",
+            "src/x509.c", "src/pkey.c", "src/session.c",
+         },
+         libraries = { "ssl", "crypto" },
+         incdirs = { "$(OPENSSL_INCDIR)" },
+         libdirs = { "$(OPENSSL_LIBDIR)" },
+      },
+      sslctx = "lua/sslctx.lua",
+   },
+}
+
+test_dependencies = {
+   "busted",
+}
+
+test = {
+   type = "busted",
+}
