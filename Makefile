@@ -52,6 +52,10 @@ build/%/sslctx/core.so: $(SRCS) $(HDRS) Makefile
 	cmd="$(CC) $(CFLAGS_SX) -shared $$luacf $$sslcf $(CPPFLAGS) $(CFLAGS) -o $@ $(SRCS) $(LDFLAGS) $$ssllibs -ldl"; \
 	echo "$$cmd"; $$cmd
 
+# Without this a missing source shows up as "No rule to make target build/...".
+$(SRCS) $(HDRS):
+	@echo "make: missing source $@" >&2; exit 1
+
 deps:
 	@sh scripts/deps.sh
 
