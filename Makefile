@@ -109,7 +109,10 @@ demo:
 	@$(MAKE) --no-print-directory "build/$(DEMO_LUA)/sslctx/core.so"
 	LUA_CPATH="build/$(DEMO_LUA)/?.so;;" $(DEMO_LUA) examples/mtls_demo.lua
 
+# Also what an in-tree `luarocks make` leaves behind.
 clean:
 	rm -rf build
+	rm -f src/*.o sslctx/core.so
+	@rmdir sslctx 2>/dev/null || true
 
 FORCE:
