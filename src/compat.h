@@ -1,0 +1,133 @@
+/* compat.h: every Lua-version and OpenSSL-version shim of sslctx, in one place. */
+#ifndef SSLCTX_COMPAT_H
+#define SSLCTX_COMPAT_H
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <openssl/ssl.h>
+#include <openssl/opensslv.h>
+
+/* ---- Lua ---------------------------------------------------------------- */
+
+#if LUA_VERSION_NUM == 501
+#define LUA_OK 0
+#define lua_rawlen(L, i) lua_objlen((L), (i))
+#define luaL_newlibtable(L, l) lua_createtable((L), 0, sizeof(l) / sizeof((l)[0]) - 1)
+#define luaL_newlib(L, l) (luaL_newlibtable((L), (l)), luaL_setfuncs((L), (l), 0))
+/* LuaJIT 2.1 already has these two. */
+#ifndef LUAJIT_VERSION_NUM
+void sx_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
+#define luaL_setfuncs sx_compat_setfuncs
+void *sx_compat_testudata(lua_State *L, int idx, const char *tname);
+#define luaL_testudata sx_compat_testudata
+#endif
+#define lua_rawgetp(L, idx, p) \
+  (lua_pushlightuserdata((L), (void *)(p)), lua_rawget((L), ((idx) < 0 && (idx) > LUA_REGISTRYINDEX) ? (idx) - 1 : (idx)))
+#define lua_rawsetp(L, idx, p) \
+  (lua_pushlightuserdata((L), (void *)(p)), lua_insert((L), -2), \
+   lua_rawset((L), ((idx) < 0 && (idx) > LUA_REGISTRYINDEX) ? (idx) - 1 : (idx)))
+#endif
+
+#if LUA_VERSION_NUM == 501
+#define lua_absindex(L, i) \
+  (((i) > 0 || (i) <= LUA_REGISTRYINDEX) ? (i) : lua_gettop(L) + (i) + 1)
+#define luaL_setmetatable(L, tname) (luaL_getmetatable((L), (tname)), lua_setmetatable((L), -2))
+#endif
+
+#if LUA_VERSION_NUM < 503
+#define lua_isinteger(L, i) sx_compat_isinteger((L), (i))
+int sx_compat_isinteger(lua_State *L, int idx);
+#endif
+
+/* Each object has exactly one Lua uservalue: a table holding the Lua values it keeps alive
+ * (parent, callbacks, socket).  5.1 keeps it in the userdata's environment. */
+#if LUA_VERSION_NUM == 501
+#define sx_newuserdata(L, sz) lua_newuserdata((L), (sz))
+#define sx_getuv(L, idx) lua_getfenv((L), (idx))
+#define sx_setuv(L, idx) lua_setfenv((L), (idx))
+#elif LUA_VERSION_NUM < 504
+#define sx_newuserdata(L, sz) lua_newuserdata((L), (sz))
+#define sx_getuv(L, idx) lua_getuservalue((L), (idx))
+#define sx_setuv(L, idx) lua_setuservalue((L), (idx))
+#else
+#define sx_newuserdata(L, sz) lua_newuserdatauv((L), (sz), 1)
+#define sx_getuv(L, idx) lua_getiuservalue((L), (idx), 1)
+#define sx_setuv(L, idx) lua_setiuservalue((L), (idx), 1)
+#endif
+
+/* Calls f(ud) in protected mode; 0 on success, else the error value is left on the stack.
+ * On 5.1 pushing a C function allocates (and may raise), so lua_cpcall does it for us. */
+#if LUA_VERSION_NUM == 501
+#define sx_cpcall(L, f, ud) lua_cpcall((L), (f), (ud))
+#else
+#define sx_cpcall(L, f, ud) \
+  (lua_pushcfunction((L), (f)), lua_pushlightuserdata((L), (ud)), lua_pcall((L), 1, 0, 0))
+#endif
+
+/* ---- OpenSSL ------------------------------------------------------------ */
+
+#if OPENSSL_VERSION_NUMBER < 0x10101000L
+#error "sslctx needs OpenSSL 1.1.1 or later"
+#endif
+
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+#define SX_OPENSSL3 1
+#define SX_OPENSSL_MAJOR(v) ((unsigned long)(v) >> 28)
+#else
+#define SX_OPENSSL3 0
+#define SX_OPENSSL_MAJOR(v) ((unsigned long)(v) >> 28)
+#endif
+
+#ifndef SSL_R_UNEXPECTED_EOF_WHILE_READING
+#define SSL_R_UNEXPECTED_EOF_WHILE_READING 294
+#endif
+#ifndef SSL_OP_ALLOW_CLIENT_RENEGOTIATION
+#define SSL_OP_ALLOW_CLIENT_RENEGOTIATION 0
+#endif
+#ifndef SSL_OP_IGNORE_UNEXPECTED_EOF
+#define SSL_OP_IGNORE_UNEXPECTED_EOF 0
+#endif
+#ifndef SSL_OP_CLEANSE_PLAINTEXT
+#define SSL_OP_CLEANSE_PLAINTEXT 0
+#endif
+#ifndef SSL_OP_ENABLE_KTLS
+#define SSL_OP_ENABLE_KTLS 0
+#endif
+#ifndef SSL_ERROR_WANT_RETRY_VERIFY
+#define SSL_ERROR_WANT_RETRY_VERIFY 12
+#endif
+
+/* SSL_set_retry_verify (3.0.2+) is a macro over SSL_ctrl: an older 3.0 library answers 0. */
+#ifndef SSL_CTRL_SET_RETRY_VERIFY
+#define SSL_CTRL_SET_RETRY_VERIFY 136
+#endif
+#define sx_set_retry_verify(ssl) (SSL_ctrl((ssl), SSL_CTRL_SET_RETRY_VERIFY, 0, NULL) > 0)
+
+#if SX_OPENSSL3
+#define sx_err_get(data, flags) ERR_get_error_all(NULL, NULL, NULL, (data), (flags))
+#else
+#define sx_err_get(data, flags) ERR_get_error_line_data(NULL, NULL, (data), (flags))
+#endif
+
+/* a2i_ipadd is not in every version's public headers; a2i_IPADDRESS is. */
+#define sx_is_ip_literal(s) sx_compat_is_ip_literal(s)
+int sx_compat_is_ip_literal(const char *s);
+
+#if SX_OPENSSL3
+#define sx_get1_peer_certificate SSL_get1_peer_certificate
+#else
+#define sx_get1_peer_certificate SSL_get_peer_certificate
+#endif
+
+/* ---- added for pkey.c ---------------------------------------------------- */
+/* EVP_PKEY_cmp is deprecated in 3.0 (EVP_PKEY_eq replaces it); a key type that only a 3.x
+ * provider knows has no NID, only a name. */
+#if SX_OPENSSL3
+#define sx_pkey_eq(a, b) EVP_PKEY_eq((a), (b))
+#define sx_pkey_provider_type_name(k) EVP_PKEY_get0_type_name(k)
+#else
+#define sx_pkey_eq(a, b) EVP_PKEY_cmp((a), (b))
+#define sx_pkey_provider_type_name(k) ((const char *)NULL)
+#endif
+
+#endif

@@ -1,0 +1,886 @@
+/* connection.c: the SSL object over memory buffers, a file descriptor or a LuaSocket object
+ * (LispWorks ssl-new, attach-ssl, socket-stream-handshake). */
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+#include "private.h"
+
+static const char *const side_names[] = {"client", "server", NULL};
+
+/* ---- life cycle --------------------------------------------------------- */
+
+static sx_conn *conn_check_any(lua_State *L, int arg) {
+  return (sx_conn *)luaL_checkudata(L, arg, SX_CONN_MT);
+}
+
+sx_conn *sx_conn_check(lua_State *L, int arg) {
+  sx_conn *conn = conn_check_any(L, arg);
+  if (conn->ssl == NULL) luaL_argerror(L, arg, "connection is closed");
+  return conn;
+}
+
+/* close_notify only after a clean handshake, and never a read: close() must not block. */
+static void send_close_notify(sx_conn *conn) {
+  if (!conn->failed && SSL_is_init_finished(conn->ssl) &&
+      !(SSL_get_shutdown(conn->ssl) & SSL_SENT_SHUTDOWN)) {
+    ERR_clear_error();
+    SSL_shutdown(conn->ssl);
+    ERR_clear_error();
+  }
+}
+
+/* One idempotent release for close(), __gc and __close.  A LuaSocket object is closed by the
+ * caller (it needs Lua); a raw fd is closed here. */
+static void conn_release(sx_conn *conn) {
+  if (conn->ssl == NULL) return;
+  send_close_notify(conn);
+  SSL_set_ex_data(conn->ssl, sx_ssl_ex_index, NULL);
+  SSL_free(conn->ssl);   /* frees the memory BIOs too */
+  conn->ssl = NULL;
+  conn->rbio = conn->wbio = NULL;
+  X509_free(conn->first_peer);
+  conn->first_peer = NULL;
+  if (conn->transport == SX_T_FD && conn->close_transport && conn->fd >= 0) close(conn->fd);
+  conn->fd = -1;
+}
+
+static void close_socket(lua_State *L, int obj, int protected_call) {
+  sx_getuv(L, obj);
+  lua_getfield(L, -1, "socket");
+  if (!lua_isnil(L, -1)) {
+    lua_getfield(L, -1, "close");
+    lua_pushvalue(L, -2);
+    if (protected_call) lua_pcall(L, 1, 0, 0);   /* in __gc: a failing close is not ours to raise */
+    else lua_call(L, 1, 0);
+  }
+  lua_pop(L, 2);
+}
+
+static int conn_gc(lua_State *L) {
+  sx_conn *conn = conn_check_any(L, 1);
+  int was_socket = conn->ssl != NULL && conn->transport == SX_T_SOCKET && conn->close_transport;
+  conn_release(conn);
+  if (was_socket) close_socket(L, 1, 1);
+  return 0;
+}
+
+static int conn_close(lua_State *L) {
+  sx_conn *conn = conn_check_any(L, 1);
+  int was_socket;
+  if (conn->in_callback) return luaL_error(L, "close called from inside this connection's own callback");
+  was_socket = conn->ssl != NULL && conn->transport == SX_T_SOCKET && conn->close_transport;
+  conn_release(conn);
+  if (was_socket) close_socket(L, 1, 0);
+  return 0;
+}
+
+static int conn_tostring(lua_State *L) {
+  sx_conn *conn = conn_check_any(L, 1);
+  if (conn->ssl == NULL) lua_pushliteral(L, "sslctx.connection (closed)");
+  else lua_pushfstring(L, "sslctx.connection (%s): %p", side_names[conn->side], (void *)conn);
+  return 1;
+}
+
+/* ---- driving calls ------------------------------------------------------ */
+
+/* Every call that can run OpenSSL's handshake records the thread that drives it, so that
+ * callbacks run there, and refuses to run from inside the connection's own callback. */
+static sx_conn *drive_begin(lua_State *L, const char *what) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  if (conn->in_callback)
+    luaL_error(L, "%s called from inside this connection's own callback", what);
+  luaL_checkstack(L, 16, "sslctx: no stack space for callbacks");
+  conn->L = L;
+  conn->cb_failed = 0;
+  conn->cb_err_index = 0;
+  conn->retry_verify = 0;
+  ERR_clear_error();
+  return conn;
+}
+
+static void drive_end(sx_conn *conn) {
+  conn->L = NULL;
+}
+
+static int push_kind(lua_State *L, const char *kind) {
+  lua_pushnil(L);
+  lua_pushstring(L, kind);
+  lua_pushstring(L, kind);
+  return 3;
+}
+
+/* The failure of a Lua callback: nil, "<name> callback: <error>", "callback". */
+static int push_callback_error(lua_State *L, sx_conn *conn) {
+  int idx = conn->cb_err_index;
+  const char *name = conn->cb_name != NULL ? conn->cb_name : "verify";
+  conn->failed = 1;
+  ERR_clear_error();
+  lua_pushnil(L);
+  if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER)
+    lua_pushfstring(L, "%s callback: %s", name, lua_tostring(L, idx));
+  else
+    lua_pushfstring(L, "%s callback: (error object is a %s value)", name, luaL_typename(L, idx));
+  lua_pushliteral(L, "callback");
+  return 3;
+}
+
+static int is_verify_failure(unsigned long e) {
+  int reason = ERR_GET_REASON(e);
+  return ERR_GET_LIB(e) == ERR_LIB_SSL &&
+         (reason == SSL_R_CERTIFICATE_VERIFY_FAILED ||
+          reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE);
+}
+
+static int push_ssl_failure(lua_State *L, sx_conn *conn) {
+  unsigned long e = ERR_peek_error();
+  conn->failed = 1;
+  if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+    ERR_clear_error();
+    lua_pushnil(L);
+    lua_pushliteral(L, "eof: the peer closed the connection without close_notify");
+    lua_pushliteral(L, "eof");
+    return 3;
+  }
+  if (is_verify_failure(e)) {
+    long vr = SSL_get_verify_result(conn->ssl);
+    luaL_Buffer b;
+    lua_pushnil(L);
+    luaL_buffinit(L, &b);
+    sx_add_errors(&b);
+    if (vr != X509_V_OK) {
+      luaL_addstring(&b, ": ");
+      luaL_addstring(&b, X509_verify_cert_error_string(vr));
+    }
+    luaL_pushresult(&b);
+    lua_pushliteral(L, "verify");
+    return 3;
+  }
+  return sx_push_error(L, "ssl", "ssl");
+}
+
+/* Maps a failed SSL_* call to nil, message, kind. */
+static int push_io_result(lua_State *L, sx_conn *conn, int r) {
+  int err;
+  if (conn->cb_failed) return push_callback_error(L, conn);
+  err = SSL_get_error(conn->ssl, r);
+  switch (err) {
+  case SSL_ERROR_WANT_READ: return push_kind(L, "want_read");
+  case SSL_ERROR_WANT_WRITE: return push_kind(L, "want_write");
+  case SSL_ERROR_WANT_RETRY_VERIFY: return push_kind(L, "want_retry_verify");
+  case SSL_ERROR_ZERO_RETURN: return push_kind(L, "closed");
+  case SSL_ERROR_SYSCALL:
+    conn->failed = 1;
+    if (ERR_peek_error() == 0 && errno == 0) {
+      lua_pushnil(L);
+      lua_pushliteral(L, "eof: the peer closed the connection without close_notify");
+      lua_pushliteral(L, "eof");
+      return 3;
+    }
+    if (ERR_peek_error() != 0) return push_ssl_failure(L, conn);
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(errno));
+    lua_pushliteral(L, "syscall");
+    return 3;
+  case SSL_ERROR_SSL: return push_ssl_failure(L, conn);
+  default:
+    conn->failed = 1;
+    return sx_push_error(L, "ssl", "ssl");
+  }
+}
+
+static void remember_first_peer(sx_conn *conn) {
+  if (conn->first_peer == NULL) conn->first_peer = sx_get1_peer_certificate(conn->ssl);
+}
+
+static int conn_handshake(lua_State *L) {
+  sx_conn *conn = drive_begin(L, "handshake");
+  int r, n;
+  if (conn->failed) {
+    drive_end(conn);
+    return luaL_error(L, "handshake on a connection that has failed");
+  }
+  errno = 0;
+  r = SSL_do_handshake(conn->ssl);
+  if (r == 1 && !conn->cb_failed) {
+    drive_end(conn);
+    remember_first_peer(conn);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  n = push_io_result(L, conn, r);
+  drive_end(conn);
+  return n;
+}
+
+/* ---- data --------------------------------------------------------------- */
+
+#if LUA_VERSION_NUM == 501
+#define READ_CHUNK LUAL_BUFFERSIZE
+#define sx_prepbuffsize(b, n) luaL_prepbuffer(b)
+#else
+#define READ_CHUNK 16384
+#define sx_prepbuffsize(b, n) luaL_prepbuffsize((b), (n))
+#endif
+
+static int conn_read(lua_State *L) {
+  sx_conn *conn = drive_begin(L, "read");
+  lua_Integer want = luaL_optinteger(L, 2, 0);
+  size_t got = 0, limit;
+  int r = 0, n;
+  luaL_Buffer b;
+  luaL_argcheck(L, want >= 0, 2, "byte count must not be negative");
+  limit = want > 0 ? (size_t)want : (size_t)-1;
+  luaL_buffinit(L, &b);
+  while (got < limit) {
+    size_t room = limit - got < READ_CHUNK ? limit - got : READ_CHUNK;
+    char *p = sx_prepbuffsize(&b, room);
+    errno = 0;
+    r = SSL_read(conn->ssl, p, (int)room);
+    if (r <= 0) break;
+    luaL_addsize(&b, (size_t)r);
+    got += (size_t)r;
+    if (SSL_pending(conn->ssl) == 0) break;   /* what is decrypted and ready: no more */
+  }
+  if (got > 0 && !conn->cb_failed) {
+    luaL_pushresult(&b);
+    drive_end(conn);
+    return 1;
+  }
+  luaL_pushresult(&b);
+  lua_pop(L, 1);
+  if (want == 0 && lua_isnoneornil(L, 2) && r > 0) {
+    drive_end(conn);
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  n = push_io_result(L, conn, r);
+  drive_end(conn);
+  return n;
+}
+
+static int conn_write(lua_State *L) {
+  sx_conn *conn = drive_begin(L, "write");
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  int r, n;
+  if (len == 0) {
+    drive_end(conn);
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  if (conn->transport == SX_T_MEMORY && conn->buffer_limit > 0) {
+    size_t pending = BIO_ctrl_pending(conn->wbio);
+    if (pending >= conn->buffer_limit) {
+      drive_end(conn);
+      return push_kind(L, "want_write");
+    }
+    if (len > conn->buffer_limit - pending) len = conn->buffer_limit - pending;
+  }
+  if (len > 0x7fffffff) len = 0x7fffffff;
+  errno = 0;
+  r = SSL_write(conn->ssl, s, (int)len);
+  if (r > 0 && !conn->cb_failed) {
+    drive_end(conn);
+    lua_pushinteger(L, r);
+    return 1;
+  }
+  n = push_io_result(L, conn, r);
+  drive_end(conn);
+  return n;
+}
+
+static int conn_pending_plaintext(lua_State *L) {
+  lua_pushinteger(L, SSL_pending(sx_conn_check(L, 1)->ssl));
+  return 1;
+}
+
+static int conn_shutdown(lua_State *L) {
+  sx_conn *conn = drive_begin(L, "shutdown");
+  int r, n, err;
+  errno = 0;
+  r = SSL_shutdown(conn->ssl);
+  if (r == 1 || (r == 0 && !conn->cb_failed)) {
+    drive_end(conn);
+    lua_pushboolean(L, r == 1);
+    if (r == 1) return 1;
+    lua_pushliteral(L, "want_read");
+    return 2;
+  }
+  err = SSL_get_error(conn->ssl, r);
+  if (err == SSL_ERROR_WANT_READ && !conn->cb_failed) {
+    ERR_clear_error();
+    drive_end(conn);
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "want_read");
+    return 2;
+  }
+  n = push_io_result(L, conn, r);
+  drive_end(conn);
+  return n;
+}
+
+/* ---- memory transport --------------------------------------------------- */
+
+static sx_conn *memory_check(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  if (conn->transport != SX_T_MEMORY)
+    luaL_argerror(L, 1, "not a memory-transport connection");
+  return conn;
+}
+
+static int conn_feed(lua_State *L) {
+  sx_conn *conn = memory_check(L);
+  size_t len, take;
+  const char *s;
+  if (lua_isnoneornil(L, 2)) {
+    BIO_set_mem_eof_return(conn->rbio, 0);
+    conn->input_ended = 1;
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  s = luaL_checklstring(L, 2, &len);
+  if (conn->input_ended) return luaL_error(L, "feed after feed(nil) marked the end of input");
+  take = len;
+  if (conn->buffer_limit > 0) {
+    size_t pending = BIO_ctrl_pending(conn->rbio);
+    take = pending >= conn->buffer_limit ? 0 : conn->buffer_limit - pending;
+    if (take > len) take = len;
+  }
+  if (take > 0x7fffffff) take = 0x7fffffff;
+  if (take > 0 && BIO_write(conn->rbio, s, (int)take) != (int)take)
+    return luaL_error(L, "out of memory");
+  lua_pushinteger(L, (lua_Integer)take);
+  return 1;
+}
+
+static int conn_drain(lua_State *L) {
+  sx_conn *conn = memory_check(L);
+  size_t pending = BIO_ctrl_pending(conn->wbio);
+  lua_Integer max = luaL_optinteger(L, 2, (lua_Integer)pending);
+  luaL_Buffer b;
+  luaL_argcheck(L, max >= 0, 2, "byte count must not be negative");
+  if ((size_t)max < pending) pending = (size_t)max;
+  if (pending == 0) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  luaL_buffinit(L, &b);
+  while (pending > 0) {
+    size_t room = pending < READ_CHUNK ? pending : READ_CHUNK;
+    char *p = sx_prepbuffsize(&b, room);
+    int r = BIO_read(conn->wbio, p, (int)room);
+    if (r <= 0) break;
+    luaL_addsize(&b, (size_t)r);
+    pending -= (size_t)r;
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static int conn_pending(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)BIO_ctrl_pending(memory_check(L)->wbio));
+  return 1;
+}
+
+/* ---- after the handshake ------------------------------------------------ */
+
+static X509 *peer_certificate(sx_conn *conn) {
+  X509 *x = sx_get1_peer_certificate(conn->ssl);
+  if (x == NULL && conn->first_peer != NULL && (conn->policy.mode & SSL_VERIFY_CLIENT_ONCE)) {
+    X509_up_ref(conn->first_peer);   /* "once": the first handshake's certificate stays */
+    x = conn->first_peer;
+  }
+  return x;
+}
+
+static int conn_peer_certificate(lua_State *L) {
+  X509 *x = peer_certificate(sx_conn_check(L, 1));
+  if (x == NULL) {
+    lua_pushnil(L);
+  } else {
+    sx_x509_push(L, x);
+    X509_free(x);
+  }
+  return 1;
+}
+
+static void push_cert_list(lua_State *L, STACK_OF(X509) *sk, X509 *first) {
+  int i, n = 0;
+  lua_newtable(L);
+  if (first != NULL && (sk_X509_num(sk) == 0 || X509_cmp(sk_X509_value(sk, 0), first) != 0)) {
+    sx_x509_push(L, first);
+    lua_rawseti(L, -2, ++n);
+  }
+  for (i = 0; i < sk_X509_num(sk); i++) {
+    sx_x509_push(L, sk_X509_value(sk, i));
+    lua_rawseti(L, -2, ++n);
+  }
+}
+
+static int conn_peer_chain(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  STACK_OF(X509) *sk = SSL_get_peer_cert_chain(conn->ssl);
+  X509 *leaf = peer_certificate(conn);
+  if (sk == NULL && leaf == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  push_cert_list(L, sk, leaf);   /* a server's chain lacks the leaf: the contract includes it */
+  X509_free(leaf);
+  return 1;
+}
+
+static int conn_verified_chain(lua_State *L) {
+  STACK_OF(X509) *sk = SSL_get0_verified_chain(sx_conn_check(L, 1)->ssl);
+  if (sk == NULL) lua_pushnil(L);
+  else push_cert_list(L, sk, NULL);
+  return 1;
+}
+
+static int conn_verify_result(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  long code = SSL_get_verify_result(conn->ssl);
+  X509 *peer = peer_certificate(conn);
+  lua_pushinteger(L, code);
+  lua_pushstring(L, X509_verify_cert_error_string(code));
+  lua_pushboolean(L, peer != NULL && code == X509_V_OK);
+  X509_free(peer);
+  return 3;
+}
+
+static int conn_version(lua_State *L) {
+  lua_pushstring(L, SSL_get_version(sx_conn_check(L, 1)->ssl));
+  return 1;
+}
+
+static int conn_cipher(lua_State *L) {
+  const SSL_CIPHER *c = SSL_get_current_cipher(sx_conn_check(L, 1)->ssl);
+  if (c == NULL) lua_pushnil(L);
+  else lua_pushstring(L, SSL_CIPHER_get_name(c));
+  return 1;
+}
+
+static int conn_alpn(lua_State *L) {
+  const unsigned char *p = NULL;
+  unsigned int len = 0;
+  SSL_get0_alpn_selected(sx_conn_check(L, 1)->ssl, &p, &len);
+  if (p == NULL || len == 0) lua_pushnil(L);
+  else lua_pushlstring(L, (const char *)p, len);
+  return 1;
+}
+
+static int conn_servername(lua_State *L) {
+  const char *name = SSL_get_servername(sx_conn_check(L, 1)->ssl, TLSEXT_NAMETYPE_host_name);
+  if (name == NULL) lua_pushnil(L);
+  else lua_pushstring(L, name);
+  return 1;
+}
+
+static int conn_session_reused(lua_State *L) {
+  lua_pushboolean(L, SSL_session_reused(sx_conn_check(L, 1)->ssl));
+  return 1;
+}
+
+static int conn_session(lua_State *L) {
+  SSL_SESSION *s = SSL_get1_session(sx_conn_check(L, 1)->ssl);
+  if (s == NULL || !SSL_SESSION_is_resumable(s)) {
+    SSL_SESSION_free(s);
+    lua_pushnil(L);
+    return 1;
+  }
+  sx_session_push(L, s);
+  SSL_SESSION_free(s);
+  return 1;
+}
+
+static int conn_side(lua_State *L) {
+  lua_pushstring(L, side_names[sx_conn_check(L, 1)->side]);
+  return 1;
+}
+
+static int conn_context(lua_State *L) {
+  sx_conn_check(L, 1);
+  sx_getuv(L, 1);
+  lua_getfield(L, -1, "ctx");
+  return 1;
+}
+
+static int conn_getfd(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  lua_pushinteger(L, conn->transport == SX_T_MEMORY ? -1 : conn->fd);
+  return 1;
+}
+
+/* ---- per-connection verification --------------------------------------- */
+
+static sx_ctx *conn_ctx(sx_conn *conn) {
+  return (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(conn->ssl), sx_ctx_ex_index);
+}
+
+/* A server connection whose policy diverges from its context's gets its own session id
+ * context, so that its sessions resume only under the same policy. */
+static void conn_policy_changed(lua_State *L, sx_conn *conn) {
+  sx_ctx *c = conn_ctx(conn);
+  unsigned char sid[32];
+  if (conn->side != SX_SERVER || c == NULL) return;
+  sx_ctx_policy_digest(L, c, &conn->policy, SSL_get0_param(conn->ssl), SX_SERVER, "connection", sid);
+  SSL_set_session_id_context(conn->ssl, sid, sizeof sid);
+}
+
+static int conn_check_side(lua_State *L, sx_conn *conn, int arg) {
+  const char *s;
+  int k;
+  if (lua_type(L, arg) != LUA_TSTRING)
+    return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got %s",
+                                                 luaL_typename(L, arg)));
+  s = lua_tostring(L, arg);
+  k = sx_keyword_index(s, side_names);
+  if (k < 0)
+    return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got '%s'", s));
+  if (k != conn->side)
+    return luaL_argerror(L, arg, lua_pushfstring(L, "this is a %s connection", side_names[conn->side]));
+  return k;
+}
+
+static int conn_set_verification_mode(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  int side = conn_check_side(L, conn, 2);
+  sx_where mw = {3, NULL}, cw = {4, NULL};
+  int mode;
+  if (lua_isnone(L, 3)) return luaL_argerror(L, 3, "mode expected");
+  mode = sx_parse_mode(L, 3, side, mw);
+  if (!(lua_type(L, 4) == LUA_TLIGHTUSERDATA && lua_touserdata(L, 4) == sx_KEEP)) {
+    sx_callback cb;
+    sx_parse_callback(L, 4, cw, &cb);
+    conn->policy.cb = cb;
+    sx_getuv(L, 1);
+    lua_pushvalue(L, 4);
+    lua_setfield(L, -2, "cb");
+    lua_pop(L, 1);
+  }
+  conn->policy.mode = mode;
+  sx_apply_verify(conn->ssl, &conn->policy);
+  conn_policy_changed(L, conn);
+  lua_pushinteger(L, mode);
+  return 1;
+}
+
+static int conn_get_verification_mode(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  int side = lua_isnoneornil(L, 2) ? -1 : conn_check_side(L, conn, 2);
+  if (sx_push_mode(L, conn->policy.mode, side) == 2) lua_pushnil(L);
+  sx_getuv(L, 1);
+  lua_getfield(L, -1, "cb");
+  lua_remove(L, -2);
+  return 4;
+}
+
+static int conn_set_verify_depth(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 0 && n <= 100, 2, "depth must be from 0 to 100");
+  SSL_set_verify_depth(conn->ssl, (int)n);
+  conn_policy_changed(L, conn);
+  return 0;
+}
+
+static int conn_get_verify_depth(lua_State *L) {
+  lua_pushinteger(L, SSL_get_verify_depth(sx_conn_check(L, 1)->ssl));
+  return 1;
+}
+
+static int conn_set_verify_params(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  sx_where w = {2, NULL};
+  sx_set_verify_params(L, SSL_get0_param(conn->ssl), 2, w, NULL, conn->policy.params_digest);
+  conn_policy_changed(L, conn);
+  return 0;
+}
+
+/* ---- renegotiation and post-handshake authentication -------------------- */
+
+static int push_ssl_refusal(lua_State *L, const char *msg) {
+  ERR_clear_error();
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  lua_pushliteral(L, "ssl");
+  return 3;
+}
+
+static int conn_renegotiate(lua_State *L) {
+  sx_conn *conn = drive_begin(L, "renegotiate");
+  drive_end(conn);
+  if (SSL_version(conn->ssl) != TLS1_2_VERSION)
+    return push_ssl_refusal(L, "renegotiation needs TLS 1.2");
+  /* Always a full handshake: a resumed one would check nothing. */
+  SSL_set_options(conn->ssl, SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION);
+  if (!SSL_renegotiate(conn->ssl)) return sx_push_error(L, "renegotiate", "ssl");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int conn_verify_client_post_handshake(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  int mode = conn->policy.mode;
+  if (conn->side != SX_SERVER) return push_ssl_refusal(L, "post-handshake authentication is a server request");
+  if (SSL_version(conn->ssl) != TLS1_3_VERSION)
+    return push_ssl_refusal(L, "post-handshake authentication needs TLS 1.3");
+  if ((mode & SSL_VERIFY_CLIENT_ONCE) &&
+      (conn->pha_requested || ((mode & SSL_VERIFY_PEER) && !(mode & SSL_VERIFY_POST_HANDSHAKE))))
+    return push_ssl_refusal(L, "mode 'once': a certificate was already requested");
+  ERR_clear_error();
+  if (!SSL_verify_client_post_handshake(conn->ssl))
+    return sx_push_error(L, "post-handshake authentication", "ssl");
+  conn->pha_requested = 1;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- creation ----------------------------------------------------------- */
+
+static const char *const conn_option_names[] = {
+  "fd", "socket", "close", "side", "session", "buffer_limit", "hostname", "verify_hostname", NULL
+};
+
+static void check_conn_options(lua_State *L, int opts) {
+  lua_pushnil(L);
+  while (lua_next(L, opts)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING || sx_keyword_index(lua_tostring(L, -1), conn_option_names) < 0)
+      luaL_argerror(L, 1, lua_pushfstring(L, "unknown option '%s'",
+                                          lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                                         : luaL_typename(L, -1)));
+  }
+}
+
+static int conn_side_from(lua_State *L, sx_ctx *c, int opts) {
+  int k;
+  lua_getfield(L, opts, "side");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    if (c->side == SX_BOTH)
+      luaL_argerror(L, 1, "a 'both' context needs opts.side ('client' or 'server')");
+    return c->side;
+  }
+  k = lua_type(L, -1) == LUA_TSTRING ? sx_keyword_index(lua_tostring(L, -1), side_names) : -1;
+  if (k < 0) luaL_argerror(L, 1, "option 'side': 'client' or 'server' expected");
+  lua_pop(L, 1);
+  return k;
+}
+
+static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts) {
+  lua_getfield(L, opts, "fd");
+  lua_getfield(L, opts, "socket");
+  if (!lua_isnil(L, -2) && !lua_isnil(L, -1)) luaL_argerror(L, 1, "give opts.fd or opts.socket, not both");
+  if (!lua_isnil(L, -2)) {
+    if (!lua_isinteger(L, -2) || lua_tointeger(L, -2) < 0)
+      luaL_argerror(L, 1, "option 'fd': a non-negative integer expected");
+    conn->transport = SX_T_FD;
+    conn->fd = (int)lua_tointeger(L, -2);
+  } else if (!lua_isnil(L, -1)) {
+    int s = lua_gettop(L);
+    if (lua_type(L, s) != LUA_TUSERDATA && lua_type(L, s) != LUA_TTABLE)
+      luaL_argerror(L, 1, "option 'socket': a LuaSocket TCP object expected");
+    lua_getfield(L, s, "getfd");
+    if (!lua_isfunction(L, -1)) luaL_argerror(L, 1, "option 'socket': object has no getfd method");
+    lua_pushvalue(L, s);
+    lua_call(L, 1, 1);
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
+      luaL_argerror(L, 1, "option 'socket': the socket is closed (getfd gave no descriptor)");
+    conn->transport = SX_T_SOCKET;
+    conn->fd = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    sx_getuv(L, obj);
+    lua_pushvalue(L, s);
+    lua_setfield(L, -2, "socket");   /* the connection keeps the socket alive */
+    lua_pop(L, 1);
+  } else {
+    conn->transport = SX_T_MEMORY;
+    conn->fd = -1;
+  }
+  lua_pop(L, 2);
+  lua_getfield(L, opts, "close");
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_argerror(L, 1, "option 'close': boolean expected");
+  conn->close_transport = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, opts, "buffer_limit");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1)
+      luaL_argerror(L, 1, "option 'buffer_limit': a positive integer expected");
+    if (conn->transport != SX_T_MEMORY)
+      luaL_argerror(L, 1, "option 'buffer_limit' is for the memory transport");
+    conn->buffer_limit = (size_t)lua_tointeger(L, -1);
+  }
+  lua_pop(L, 1);
+}
+
+static void attach_transport(lua_State *L, sx_conn *conn) {
+  if (conn->transport == SX_T_MEMORY) {
+    conn->rbio = BIO_new(BIO_s_mem());
+    conn->wbio = BIO_new(BIO_s_mem());
+    if (conn->rbio == NULL || conn->wbio == NULL) {
+      BIO_free(conn->rbio);
+      BIO_free(conn->wbio);
+      conn->rbio = conn->wbio = NULL;
+      luaL_error(L, "out of memory");
+    }
+    BIO_set_mem_eof_return(conn->rbio, -1);   /* empty means "not yet", until feed(nil) */
+    BIO_set_mem_eof_return(conn->wbio, -1);
+    SSL_set_bio(conn->ssl, conn->rbio, conn->wbio);
+  } else if (!SSL_set_fd(conn->ssl, conn->fd)) {
+    sx_push_error(L, "SSL_set_fd", "ssl");
+    lua_error(L);
+  }
+}
+
+/* Client identity: a DNS name is SNI + name check, an IP literal an IP check without SNI. */
+static void setup_hostname(lua_State *L, sx_conn *conn, int opts, const char **hostname) {
+  X509_VERIFY_PARAM *param = SSL_get0_param(conn->ssl);
+  int verify_hostname = 1;
+  lua_getfield(L, opts, "verify_hostname");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_isboolean(L, -1)) luaL_argerror(L, 1, "option 'verify_hostname': boolean expected");
+    verify_hostname = lua_toboolean(L, -1);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, opts, "hostname");   /* stays on the stack while *hostname is used */
+  *hostname = NULL;
+  if (lua_isnil(L, -1)) {
+    if (conn->side == SX_CLIENT && (conn->policy.mode & SSL_VERIFY_PEER) && verify_hostname &&
+        X509_VERIFY_PARAM_get0_host(param, 0) == NULL && !conn_ctx(conn)->params_identity)
+      luaL_argerror(L, 1, "a verifying client needs opts.hostname (or a host/ip verification "
+                          "parameter, or verify_hostname = false)");
+    return;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+    luaL_argerror(L, 1, "option 'hostname': a non-empty string expected");
+  if (conn->side != SX_CLIENT) luaL_argerror(L, 1, "option 'hostname' is for client connections");
+  *hostname = lua_tostring(L, -1);
+  if (sx_is_ip_literal(*hostname)) {
+    if (verify_hostname && !X509_VERIFY_PARAM_set1_ip_asc(param, *hostname))
+      luaL_argerror(L, 1, "option 'hostname': invalid IP address");
+  } else {
+    if (!SSL_set_tlsext_host_name(conn->ssl, *hostname))
+      luaL_argerror(L, 1, "option 'hostname': invalid server name");
+    if (verify_hostname && !SSL_set1_host(conn->ssl, *hostname))
+      luaL_argerror(L, 1, "option 'hostname': invalid host name");
+  }
+}
+
+/* Client sessions carry a session id context derived from the policy and the hostname, so an
+ * offered session is used only where both match. */
+static void setup_client_session(lua_State *L, sx_conn *conn, sx_ctx *c, int opts,
+                                 const char *hostname) {
+  unsigned char sid[32];
+  SSL_SESSION *s;
+  sx_ctx_policy_digest(L, c, &conn->policy, SSL_get0_param(conn->ssl), SX_CLIENT,
+                       hostname != NULL ? hostname : "", sid);
+  SSL_set_session_id_context(conn->ssl, sid, sizeof sid);
+  lua_getfield(L, opts, "session");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  s = sx_session_test(L, -1);
+  if (s == NULL) luaL_argerror(L, 1, "option 'session': an sslctx.session expected");
+  {
+    unsigned int len = 0;
+    const unsigned char *have = SSL_SESSION_get0_id_context(s, &len);
+    if (len == sizeof sid && memcmp(have, sid, sizeof sid) == 0 && SSL_SESSION_is_resumable(s))
+      SSL_set_session(conn->ssl, s);
+  }
+  lua_pop(L, 1);
+}
+
+int sx_connection_new(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  sx_conn *conn;
+  int obj, opts, side;
+  const char *hostname = NULL;
+  if (lua_isnoneornil(L, 2)) {
+    lua_settop(L, 1);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  opts = 2;
+  check_conn_options(L, opts);
+  side = conn_side_from(L, c, opts);
+  if (side == SX_SERVER) sx_ctx_refresh_sid(L, c);   /* before SSL_new copies it */
+  conn = (sx_conn *)sx_newuserdata(L, sizeof(sx_conn));
+  memset(conn, 0, sizeof *conn);   /* closed until SSL_new succeeds */
+  conn->fd = -1;
+  luaL_setmetatable(L, SX_CONN_MT);
+  obj = lua_gettop(L);
+  lua_createtable(L, 0, 4);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "ctx");     /* the connection keeps its context alive */
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "ctx0");    /* and the original one across an SNI switch */
+  sx_getuv(L, 1);
+  lua_getfield(L, -1, side == SX_CLIENT ? "cb_client" : "cb_server");
+  lua_setfield(L, -3, "cb");
+  lua_pop(L, 1);
+  sx_setuv(L, obj);
+  conn->side = side;
+  conn->policy = c->policy[side];
+  setup_transport(L, conn, obj, opts);
+  ERR_clear_error();
+  conn->ssl = SSL_new(c->ctx);
+  if (conn->ssl == NULL) {
+    sx_push_error(L, "SSL_new", "ssl");
+    return lua_error(L);
+  }
+  SSL_set_ex_data(conn->ssl, sx_ssl_ex_index, conn);
+  sx_objects_set(L, conn, obj);
+  if (side == SX_CLIENT) SSL_set_connect_state(conn->ssl);
+  else SSL_set_accept_state(conn->ssl);
+  sx_apply_verify(conn->ssl, &conn->policy);
+  attach_transport(L, conn);
+  setup_hostname(L, conn, opts, &hostname);
+  if (side == SX_CLIENT) setup_client_session(L, conn, c, opts, hostname);
+  lua_settop(L, obj);
+  return 1;
+}
+
+void sx_connection_open(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"handshake", conn_handshake},
+    {"read", conn_read},
+    {"write", conn_write},
+    {"pending_plaintext", conn_pending_plaintext},
+    {"shutdown", conn_shutdown},
+    {"close", conn_close},
+    {"feed", conn_feed},
+    {"drain", conn_drain},
+    {"pending", conn_pending},
+    {"peer_certificate", conn_peer_certificate},
+    {"peer_chain", conn_peer_chain},
+    {"verified_chain", conn_verified_chain},
+    {"verify_result", conn_verify_result},
+    {"version", conn_version},
+    {"cipher", conn_cipher},
+    {"alpn", conn_alpn},
+    {"servername", conn_servername},
+    {"session", conn_session},
+    {"session_reused", conn_session_reused},
+    {"set_verification_mode", conn_set_verification_mode},
+    {"get_verification_mode", conn_get_verification_mode},
+    {"set_verify_depth", conn_set_verify_depth},
+    {"get_verify_depth", conn_get_verify_depth},
+    {"set_verify_params", conn_set_verify_params},
+    {"renegotiate", conn_renegotiate},
+    {"verify_client_post_handshake", conn_verify_client_post_handshake},
+    {"side", conn_side},
+    {"context", conn_context},
+    {"getfd", conn_getfd},
+    {NULL, NULL}
+  };
+  static const luaL_Reg meta[] = {
+    {"__gc", conn_gc},
+    {"__close", conn_gc},
+    {"__tostring", conn_tostring},
+    {NULL, NULL}
+  };
+  sx_register_class(L, SX_CONN_MT, methods, meta);
+}

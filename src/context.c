@@ -1,0 +1,1308 @@
+/* context.c: the SSL_CTX object (LispWorks make-ssl-ctx and its setters). */
+#include <string.h>
+#include <openssl/pem.h>
+#include "private.h"
+
+static const char *const side_names[] = {"client", "server", "both", NULL};
+
+/* ---- life cycle --------------------------------------------------------- */
+
+static sx_ctx *ctx_check_any(lua_State *L, int arg) {
+  return (sx_ctx *)luaL_checkudata(L, arg, SX_CTX_MT);
+}
+
+sx_ctx *sx_ctx_check(lua_State *L, int arg) {
+  sx_ctx *c = ctx_check_any(L, arg);
+  if (c->ctx == NULL) luaL_argerror(L, arg, "context is closed");
+  return c;
+}
+
+/* One idempotent release for close(), __gc and __close. */
+static void ctx_release(sx_ctx *c) {
+  if (c->ctx == NULL) return;
+  SSL_CTX_set_ex_data(c->ctx, sx_ctx_ex_index, NULL);
+  SSL_CTX_free(c->ctx);   /* connections hold their own references */
+  c->ctx = NULL;
+  OPENSSL_free(c->alpn_select_wire);
+  c->alpn_select_wire = NULL;
+}
+
+static int ctx_gc(lua_State *L) {
+  ctx_release(ctx_check_any(L, 1));
+  return 0;
+}
+
+static int ctx_close(lua_State *L) {
+  ctx_release(ctx_check_any(L, 1));
+  return 0;
+}
+
+static int ctx_tostring(lua_State *L) {
+  sx_ctx *c = ctx_check_any(L, 1);
+  if (c->ctx == NULL) lua_pushliteral(L, "sslctx.context (closed)");
+  else lua_pushfstring(L, "sslctx.context (%s): %p", side_names[c->side], (void *)c);
+  return 1;
+}
+
+/* uservalue helpers: uv[field] = value at top (popped) / push uv[field] */
+static void uv_set(lua_State *L, int obj, const char *field) {
+  obj = lua_absindex(L, obj);
+  sx_getuv(L, obj);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, field);
+  lua_pop(L, 1);
+}
+
+static void uv_get(lua_State *L, int obj, const char *field) {
+  sx_getuv(L, lua_absindex(L, obj));
+  lua_getfield(L, -1, field);
+  lua_remove(L, -2);
+}
+
+static void mark_policy_changed(sx_ctx *c) {
+  c->sid_dirty = 1;
+}
+
+static void mark_trust_changed(sx_ctx *c) {
+  c->trust_gen++;
+  c->sid_dirty = 1;
+}
+
+/* ---- policy digest and the session id context --------------------------- */
+
+static void trust_digest(sx_ctx *c, unsigned char out[32]) {
+  X509_STORE *store = SSL_CTX_get_cert_store(c->ctx);
+  STACK_OF(X509_OBJECT) *objs;
+  sx_digest d;
+  int i;
+  if (c->trust_digest_gen == c->trust_gen + 1) {
+    memcpy(out, c->trust_digest, 32);
+    return;
+  }
+  sx_digest_init(&d);
+  sx_digest_update(&d, c->trust_log, 32);
+  X509_STORE_lock(store);
+  objs = X509_STORE_get0_objects(store);
+  for (i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+    X509_OBJECT *o = sk_X509_OBJECT_value(objs, i);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (X509_OBJECT_get_type(o) == X509_LU_X509)
+      X509_digest(X509_OBJECT_get0_X509(o), EVP_sha256(), md, &n);
+    else if (X509_OBJECT_get_type(o) == X509_LU_CRL)
+      X509_CRL_digest(X509_OBJECT_get0_X509_CRL(o), EVP_sha256(), md, &n);
+    sx_digest_update(&d, md, n);
+  }
+  X509_STORE_unlock(store);
+  if (sx_digest_final(&d, c->trust_digest)) c->trust_digest_gen = c->trust_gen + 1;
+  memcpy(out, c->trust_digest, 32);
+}
+
+void sx_ctx_policy_digest(lua_State *L, sx_ctx *c, const sx_policy *p, X509_VERIFY_PARAM *param,
+                          int side, const char *extra, unsigned char out[32]) {
+  unsigned char trust[32];
+  unsigned long flags = X509_VERIFY_PARAM_get_flags(param);
+  int depth = X509_VERIFY_PARAM_get_depth(param);
+  sx_digest d;
+  (void)L;
+  trust_digest(c, trust);
+  sx_digest_init(&d);
+  sx_digest_update(&d, "sslctx-policy-1", 16);
+  sx_digest_update(&d, &side, sizeof side);
+  sx_digest_update(&d, &p->mode, sizeof p->mode);
+  sx_digest_update(&d, &p->cb.kind, sizeof p->cb.kind);
+  sx_digest_update(&d, &p->cb.id, sizeof p->cb.id);
+  sx_digest_update(&d, p->params_digest, 32);
+  sx_digest_update(&d, &flags, sizeof flags);
+  sx_digest_update(&d, &depth, sizeof depth);
+  sx_digest_update(&d, trust, 32);
+  if (extra != NULL) sx_digest_update(&d, extra, strlen(extra) + 1);
+  sx_digest_final(&d, out);
+}
+
+void sx_ctx_refresh_sid(lua_State *L, sx_ctx *c) {
+  unsigned char sid[32];
+  if (c->sid_explicit || !c->sid_dirty) return;
+  sx_ctx_policy_digest(L, c, &c->policy[SX_SERVER], SSL_CTX_get0_param(c->ctx), SX_SERVER, NULL,
+                       sid);
+  SSL_CTX_set_session_id_context(c->ctx, sid, sizeof sid);
+  c->sid_dirty = 0;
+}
+
+/* ---- verification ------------------------------------------------------- */
+
+static int check_side(lua_State *L, int arg) {
+  static const char *const sides[] = {"client", "server", NULL};
+  const char *s;
+  int k;
+  if (lua_type(L, arg) != LUA_TSTRING)
+    return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got %s",
+                                                 luaL_typename(L, arg)));
+  s = lua_tostring(L, arg);
+  k = sx_keyword_index(s, sides);
+  if (k < 0)
+    return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got '%s'",
+                                                 s));
+  return k;
+}
+
+/* Sets one side's mode and callback from the values at mode_idx / cb_idx. */
+static void ctx_set_policy(lua_State *L, int obj, sx_ctx *c, int side, int mode_idx,
+                           sx_where mode_w, int cb_idx, sx_where cb_w) {
+  sx_policy *p = &c->policy[side];
+  int mode = sx_parse_mode(L, mode_idx, side, mode_w);
+  int keep = lua_touserdata(L, cb_idx) == sx_KEEP && lua_type(L, cb_idx) == LUA_TLIGHTUSERDATA;
+  if (!keep) {
+    sx_callback cb;
+    sx_parse_callback(L, cb_idx, cb_w, &cb);
+    p->cb = cb;
+    lua_pushvalue(L, cb_idx);
+    uv_set(L, obj, side == SX_CLIENT ? "cb_client" : "cb_server");
+  }
+  p->mode = mode;
+  c->last_side = side;
+  if (c->side == side || (c->side == SX_BOTH && side == SX_SERVER)) {
+    sx_verify_fn fn = p->cb.kind == SX_CB_LUA ? sx_verify_trampoline
+                      : p->cb.kind == SX_CB_C ? p->cb.fn : NULL;
+    SSL_CTX_set_verify(c->ctx, p->mode, fn);
+  }
+  mark_policy_changed(c);
+}
+
+static int ctx_set_verification_mode(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  int side = check_side(L, 2);
+  sx_where mw = {3, NULL}, cw = {4, NULL};
+  if (lua_isnone(L, 3)) return luaL_argerror(L, 3, "mode expected");
+  ctx_set_policy(L, 1, c, side, 3, mw, 4, cw);
+  lua_pushinteger(L, c->policy[side].mode);
+  return 1;
+}
+
+static int ctx_get_verification_mode(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  int side = lua_isnoneornil(L, 2) ? -1 : check_side(L, 2);
+  int eff = side >= 0 ? side : (c->side == SX_BOTH ? c->last_side : c->side);
+  int n = sx_push_mode(L, c->policy[eff].mode, side);
+  if (n == 2) lua_pushnil(L);
+  uv_get(L, 1, eff == SX_CLIENT ? "cb_client" : "cb_server");
+  return 4;
+}
+
+static int ctx_set_verify_depth(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 0 && n <= 100, 2, "depth must be from 0 to 100");
+  SSL_CTX_set_verify_depth(c->ctx, (int)n);
+  mark_policy_changed(c);
+  return 0;
+}
+
+static int ctx_get_verify_depth(lua_State *L) {
+  lua_pushinteger(L, SSL_CTX_get_verify_depth(sx_ctx_check(L, 1)->ctx));
+  return 1;
+}
+
+static void apply_verify_params(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  idx = lua_absindex(L, idx);
+  if (lua_istable(L, idx)) {
+    lua_getfield(L, idx, "host");
+    lua_getfield(L, idx, "ip");
+    if (!lua_isnil(L, -1) || !lua_isnil(L, -2)) c->params_identity = 1;
+    lua_pop(L, 2);
+  }
+  /* Both sides' policies share the one X509_VERIFY_PARAM of the SSL_CTX. */
+  sx_set_verify_params(L, SSL_CTX_get0_param(c->ctx), idx, w, &c->flags_explicit,
+                       c->policy[SX_SERVER].params_digest);
+  memcpy(c->policy[SX_CLIENT].params_digest, c->policy[SX_SERVER].params_digest, 32);
+  mark_policy_changed(c);
+}
+
+static int ctx_set_verify_params(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
+  apply_verify_params(L, c, 2, w);
+  return 0;
+}
+
+/* ---- trust -------------------------------------------------------------- */
+
+static void trust_log_add(sx_ctx *c, const char *what, const char *s) {
+  sx_digest d;
+  sx_digest_init(&d);
+  sx_digest_update(&d, c->trust_log, 32);
+  sx_digest_update(&d, what, strlen(what) + 1);
+  if (s != NULL) sx_digest_update(&d, s, strlen(s) + 1);
+  sx_digest_final(&d, c->trust_log);
+}
+
+static int add_crl_from(lua_State *L, sx_ctx *c, int idx) {
+  STACK_OF(X509_CRL) *crls = sx_load_crls(L, idx);
+  X509_STORE *store = SSL_CTX_get_cert_store(c->ctx);
+  int i;
+  if (crls == NULL) return 3;
+  for (i = 0; i < sk_X509_CRL_num(crls); i++) X509_STORE_add_crl(store, sk_X509_CRL_value(crls, i));
+  sk_X509_CRL_pop_free(crls, X509_CRL_free);
+  ERR_clear_error();   /* a CRL already present is not a failure */
+  if (!c->flags_explicit) X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(c->ctx), X509_V_FLAG_CRL_CHECK);
+  mark_trust_changed(c);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int ctx_add_crl(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  luaL_checkany(L, 2);
+  return add_crl_from(L, c, 2);
+}
+
+static int load_locations(lua_State *L, sx_ctx *c, const char *file, const char *dir) {
+  ERR_clear_error();
+  if (!SSL_CTX_load_verify_locations(c->ctx, file, dir)) {
+    const char *what = file != NULL ? file : dir;
+    return sx_push_error(L, lua_pushfstring(L, "trust locations '%s'", what), "file");
+  }
+  if (dir != NULL) trust_log_add(c, "dir", dir);
+  mark_trust_changed(c);
+  return 0;
+}
+
+static int ctx_load_verify_locations(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  const char *file = luaL_optstring(L, 2, NULL);
+  const char *dir = luaL_optstring(L, 3, NULL);
+  if (file == NULL && dir == NULL) return luaL_argerror(L, 2, "a file or a directory expected");
+  if (load_locations(L, c, file, dir) == 3) return 3;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int ctx_set_default_verify_paths(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  ERR_clear_error();
+  if (!SSL_CTX_set_default_verify_paths(c->ctx))
+    return sx_push_error(L, "default trust paths", "file");
+  trust_log_add(c, "default", X509_get_default_cert_dir());
+  mark_trust_changed(c);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Adds PEM text (or an x509 / list) at idx to the trust store, and its subjects to the client
+ * CA list when add_names. */
+static int add_ca_certs(lua_State *L, sx_ctx *c, int idx, int add_names) {
+  STACK_OF(X509) *certs = sx_load_certs(L, idx, "ca");
+  X509_STORE *store = SSL_CTX_get_cert_store(c->ctx);
+  int i;
+  if (certs == NULL) return 3;
+  for (i = 0; i < sk_X509_num(certs); i++) {
+    X509_STORE_add_cert(store, sk_X509_value(certs, i));
+    if (add_names) SSL_CTX_add_client_CA(c->ctx, sk_X509_value(certs, i));
+  }
+  sk_X509_pop_free(certs, X509_free);
+  ERR_clear_error();   /* duplicates are not failures */
+  mark_trust_changed(c);
+  return 0;
+}
+
+/* client_ca: a list of files / PEM texts, or false for an empty list. */
+static int set_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  STACK_OF(X509_NAME) *names;
+  int i, n;
+  idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) == LUA_TBOOLEAN && !lua_toboolean(L, idx)) {
+    SSL_CTX_set_client_CA_list(c->ctx, sk_X509_NAME_new_null());
+    return 0;
+  }
+  if (lua_type(L, idx) == LUA_TSTRING) {   /* one file or PEM text: treat as a list of one */
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, -2, 1);
+    lua_replace(L, idx);
+  }
+  if (!lua_istable(L, idx)) return sx_where_typeerror(L, w, idx, "list of files or PEM texts, or false");
+  names = sk_X509_NAME_new_null();
+  if (names == NULL) return luaL_error(L, "out of memory");
+  n = (int)lua_rawlen(L, idx);
+  for (i = 1; i <= n; i++) {
+    STACK_OF(X509) *certs;
+    int j;
+    lua_rawgeti(L, idx, i);
+    certs = sx_load_certs(L, lua_absindex(L, -1), "client_ca");
+    if (certs == NULL) {
+      sk_X509_NAME_pop_free(names, X509_NAME_free);
+      return 3;
+    }
+    for (j = 0; j < sk_X509_num(certs); j++) {
+      X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(sk_X509_value(certs, j)));
+      if (nm != NULL && !sk_X509_NAME_push(names, nm)) X509_NAME_free(nm);
+    }
+    sk_X509_pop_free(certs, X509_free);
+    lua_pop(L, 1);
+  }
+  SSL_CTX_set_client_CA_list(c->ctx, names);
+  return 0;
+}
+
+static int ctx_set_client_ca_list(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
+  if (set_client_ca(L, c, 2, w) == 3) return 3;
+  mark_trust_changed(c);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- certificate and key ------------------------------------------------ */
+
+static int use_certificate(lua_State *L, sx_ctx *c, int idx) {
+  STACK_OF(X509) *certs = sx_load_certs(L, idx, "certificate");
+  int i, ok;
+  if (certs == NULL) return 3;
+  if (sk_X509_num(certs) == 0) {
+    sk_X509_pop_free(certs, X509_free);
+    lua_pushnil(L);
+    lua_pushliteral(L, "certificate: no certificate found");
+    lua_pushliteral(L, "file");
+    return 3;
+  }
+  ERR_clear_error();
+  ok = SSL_CTX_use_certificate(c->ctx, sk_X509_value(certs, 0)) && SSL_CTX_clear_chain_certs(c->ctx);
+  for (i = 1; ok && i < sk_X509_num(certs); i++)
+    ok = SSL_CTX_add1_chain_cert(c->ctx, sk_X509_value(certs, i));
+  sk_X509_pop_free(certs, X509_free);
+  if (!ok) return sx_push_error(L, "certificate", "key");
+  return 0;
+}
+
+static int ctx_use_certificate(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  luaL_checkany(L, 2);
+  if (use_certificate(L, c, 2) == 3) return 3;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Loads the key at idx, with the password at pw_idx (0: the context's stored one). */
+static int use_private_key(lua_State *L, sx_ctx *c, int obj, int idx, int pw_idx) {
+  sx_password pw;
+  EVP_PKEY *key;
+  int ok;
+  idx = lua_absindex(L, idx);
+  if (pw_idx == 0) {
+    uv_get(L, obj, "password");
+    pw_idx = lua_gettop(L);
+  }
+  pw.L = L;
+  pw.index = lua_isnil(L, pw_idx) ? 0 : lua_absindex(L, pw_idx);
+  pw.failed = 0;
+  pw.err_index = 0;
+  key = sx_load_key(L, idx, &pw);
+  if (key == NULL) return 3;
+  ERR_clear_error();
+  ok = SSL_CTX_use_PrivateKey(c->ctx, key);
+  EVP_PKEY_free(key);
+  if (!ok) return sx_push_error(L, "private key", "key");
+  if (SSL_CTX_get0_certificate(c->ctx) != NULL && !SSL_CTX_check_private_key(c->ctx))
+    return sx_push_error(L, "private key does not match the certificate", "key");
+  return 0;
+}
+
+static int ctx_use_private_key(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  luaL_checkany(L, 2);
+  if (!lua_isnoneornil(L, 3) && lua_type(L, 3) != LUA_TSTRING && lua_type(L, 3) != LUA_TFUNCTION)
+    return luaL_argerror(L, 3, "password must be a string or a function");
+  if (use_private_key(L, c, 1, 2, lua_isnoneornil(L, 3) ? 0 : 3) == 3) return 3;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void check_password_value(lua_State *L, int idx, sx_where w) {
+  int t = lua_type(L, idx);
+  if (t != LUA_TSTRING && t != LUA_TFUNCTION)
+    sx_where_typeerror(L, w, idx, "string or function");
+}
+
+static int ctx_set_password_callback(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  int has_pw, has_cb;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  (void)c;
+  lua_getfield(L, 2, "password");
+  lua_getfield(L, 2, "callback");
+  has_pw = !lua_isnil(L, -2);
+  has_cb = !lua_isnil(L, -1);
+  if (!has_pw && !has_cb) return luaL_argerror(L, 2, "'password' or 'callback' expected");
+  if (has_pw && has_cb) return luaL_argerror(L, 2, "give 'password' or 'callback', not both");
+  if (has_pw && lua_type(L, -2) != LUA_TSTRING) return luaL_argerror(L, 2, "password must be a string");
+  if (has_cb && lua_type(L, -1) != LUA_TFUNCTION) return luaL_argerror(L, 2, "callback must be a function");
+  if (has_cb) lua_replace(L, -2);
+  else lua_pop(L, 1);
+  uv_set(L, 1, "password");
+  return 0;
+}
+
+/* ---- protocol settings ------------------------------------------------- */
+
+static int parse_version(lua_State *L, int idx, sx_where w) {
+  static const char *const names[] = {"tls1.2", "tls1.3", NULL};
+  static const int values[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+  int k = lua_type(L, idx) == LUA_TSTRING ? sx_keyword_index(lua_tostring(L, idx), names) : -1;
+  if (k < 0) {
+    if (lua_type(L, idx) == LUA_TSTRING)
+      sx_where_error(L, w, lua_pushfstring(L, "unsupported protocol version '%s' (use 'tls1.2' or "
+                                              "'tls1.3')", lua_tostring(L, idx)));
+    sx_where_typeerror(L, w, idx, "'tls1.2' or 'tls1.3'");
+  }
+  return values[k];
+}
+
+static int ctx_set_min_version(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
+  SSL_CTX_set_min_proto_version(c->ctx, parse_version(L, 2, w));
+  return 0;
+}
+
+static int ctx_set_max_version(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
+  SSL_CTX_set_max_proto_version(c->ctx, parse_version(L, 2, w));
+  return 0;
+}
+
+static int set_security_level(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  if (!lua_isinteger(L, idx) || lua_tointeger(L, idx) < 0 || lua_tointeger(L, idx) > 5)
+    return sx_where_error(L, w, "security level must be an integer from 0 to 5");
+  SSL_CTX_set_security_level(c->ctx, (int)lua_tointeger(L, idx));
+  mark_policy_changed(c);   /* the auth level is part of what verification decides */
+  return 0;
+}
+
+static int ctx_set_security_level(lua_State *L) {
+  sx_where w = {2, NULL};
+  set_security_level(L, sx_ctx_check(L, 1), 2, w);
+  return 0;
+}
+
+static int ctx_get_security_level(lua_State *L) {
+  lua_pushinteger(L, SSL_CTX_get_security_level(sx_ctx_check(L, 1)->ctx));
+  return 1;
+}
+
+enum { STR_CIPHERS, STR_CIPHERSUITES, STR_GROUPS };
+
+static int set_string_setting(lua_State *L, sx_ctx *c, int which, int idx, sx_where w) {
+  static const char *const labels[] = {"ciphers", "ciphersuites", "groups"};
+  const char *s;
+  int ok;
+  if (lua_type(L, idx) != LUA_TSTRING) return sx_where_typeerror(L, w, idx, "string");
+  s = lua_tostring(L, idx);
+  ERR_clear_error();
+  if (which == STR_CIPHERS) ok = SSL_CTX_set_cipher_list(c->ctx, s);
+  else if (which == STR_CIPHERSUITES) ok = SSL_CTX_set_ciphersuites(c->ctx, s);
+  else ok = SSL_CTX_set1_groups_list(c->ctx, s);
+  if (!ok) {
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "invalid ");
+    luaL_addstring(&b, labels[which]);
+    luaL_addstring(&b, " '");
+    luaL_addstring(&b, s);
+    luaL_addstring(&b, "': ");
+    sx_add_errors(&b);
+    luaL_pushresult(&b);
+    return sx_where_error(L, w, lua_tostring(L, -1));
+  }
+  return 0;
+}
+
+static int ctx_set_ciphers(lua_State *L) {
+  sx_where w = {2, NULL};
+  set_string_setting(L, sx_ctx_check(L, 1), STR_CIPHERS, 2, w);
+  return 0;
+}
+
+static int ctx_set_ciphersuites(lua_State *L) {
+  sx_where w = {2, NULL};
+  set_string_setting(L, sx_ctx_check(L, 1), STR_CIPHERSUITES, 2, w);
+  return 0;
+}
+
+static int ctx_set_groups(lua_State *L) {
+  sx_where w = {2, NULL};
+  set_string_setting(L, sx_ctx_check(L, 1), STR_GROUPS, 2, w);
+  return 0;
+}
+
+/* ---- options ------------------------------------------------------------ */
+
+#define OPT(name, bit) {name, (uint64_t)(bit)}
+#ifndef SSL_OP_NO_EXTENDED_MASTER_SECRET
+#define SSL_OP_NO_EXTENDED_MASTER_SECRET 0
+#endif
+#ifndef SSL_OP_LEGACY_EC_POINT_FORMATS
+#define SSL_OP_LEGACY_EC_POINT_FORMATS 0
+#endif
+#ifndef SSL_OP_NO_ANTI_REPLAY
+#define SSL_OP_NO_ANTI_REPLAY 0
+#endif
+#ifndef SSL_OP_PRIORITIZE_CHACHA
+#define SSL_OP_PRIORITIZE_CHACHA 0
+#endif
+static const struct {
+  const char *name;
+  uint64_t bit;
+} option_table[] = {
+  OPT("all", SSL_OP_ALL),
+  OPT("no_sslv3", SSL_OP_NO_SSLv3),
+  OPT("no_tlsv1", SSL_OP_NO_TLSv1),
+  OPT("no_tlsv1_1", SSL_OP_NO_TLSv1_1),
+  OPT("no_tlsv1_2", SSL_OP_NO_TLSv1_2),
+  OPT("no_tlsv1_3", SSL_OP_NO_TLSv1_3),
+  OPT("cipher_server_preference", SSL_OP_CIPHER_SERVER_PREFERENCE),
+  OPT("prioritize_chacha", SSL_OP_PRIORITIZE_CHACHA),
+  OPT("no_compression", SSL_OP_NO_COMPRESSION),
+  OPT("no_ticket", SSL_OP_NO_TICKET),
+  OPT("no_renegotiation", SSL_OP_NO_RENEGOTIATION),
+  OPT("allow_client_renegotiation", SSL_OP_ALLOW_CLIENT_RENEGOTIATION),
+  OPT("no_session_resumption_on_renegotiation", SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION),
+  OPT("legacy_server_connect", SSL_OP_LEGACY_SERVER_CONNECT),
+  OPT("allow_unsafe_legacy_renegotiation", SSL_OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION),
+  OPT("ignore_unexpected_eof", SSL_OP_IGNORE_UNEXPECTED_EOF),
+  OPT("enable_middlebox_compat", SSL_OP_ENABLE_MIDDLEBOX_COMPAT),
+  OPT("no_anti_replay", SSL_OP_NO_ANTI_REPLAY),
+  OPT("no_encrypt_then_mac", SSL_OP_NO_ENCRYPT_THEN_MAC),
+  OPT("no_extended_master_secret", SSL_OP_NO_EXTENDED_MASTER_SECRET),
+  OPT("no_query_mtu", SSL_OP_NO_QUERY_MTU),
+  OPT("cookie_exchange", SSL_OP_COOKIE_EXCHANGE),
+  OPT("cleanse_plaintext", SSL_OP_CLEANSE_PLAINTEXT),
+  OPT("enable_ktls", SSL_OP_ENABLE_KTLS),
+  OPT("tls_rollback_bug", SSL_OP_TLS_ROLLBACK_BUG),
+  OPT("dont_insert_empty_fragments", SSL_OP_DONT_INSERT_EMPTY_FRAGMENTS),
+  OPT("tlsext_padding", SSL_OP_TLSEXT_PADDING),
+  OPT("safari_ecdhe_ecdsa_bug", SSL_OP_SAFARI_ECDHE_ECDSA_BUG),
+  OPT("legacy_ec_point_formats", SSL_OP_LEGACY_EC_POINT_FORMATS),
+  /* LispWorks keywords that OpenSSL has made no-ops: accepted, documented as such. */
+  OPT("no_sslv2", 0), OPT("single_dh_use", 0), OPT("single_ecdh_use", 0),
+  OPT("ephemeral_rsa", 0), OPT("microsoft_sess_id_bug", 0), OPT("netscape_challenge_bug", 0),
+  OPT("netscape_reuse_cipher_change_bug", 0), OPT("sslref2_reuse_cert_type_bug", 0),
+  OPT("microsoft_big_sslv3_buffer", 0), OPT("msie_sslv2_rsa_padding", 0),
+  OPT("ssleay_080_client_dh_bug", 0), OPT("tls_d5_bug", 0), OPT("tls_block_padding_bug", 0),
+  OPT("pkcs1_check_1", 0), OPT("pkcs1_check_2", 0), OPT("netscape_ca_dn_bug", 0),
+  OPT("netscape_demo_cipher_change_bug", 0),
+  {NULL, 0}
+};
+
+static int option_index(const char *s) {
+  int i;
+  for (i = 0; option_table[i].name != NULL; i++) {
+    const char *one[2];
+    one[0] = option_table[i].name;
+    one[1] = NULL;
+    if (sx_keyword_index(s, one) == 0) return i;
+  }
+  return -1;
+}
+
+/* Accepts {"no_ticket", ...} and {no_ticket = true, ...}. */
+static uint64_t parse_options(lua_State *L, int idx, sx_where w) {
+  uint64_t bits = 0;
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx)) sx_where_typeerror(L, w, idx, "table of option keywords");
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    const char *name;
+    int k;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      name = lua_tostring(L, -2);
+      if (!lua_toboolean(L, -1)) {
+        lua_pop(L, 1);
+        if (option_index(name) < 0)
+          sx_where_error(L, w, lua_pushfstring(L, "unknown option keyword '%s'", name));
+        continue;
+      }
+    } else if (lua_type(L, -1) == LUA_TSTRING) {
+      name = lua_tostring(L, -1);
+    } else {
+      sx_where_error(L, w, "option keywords must be strings");
+      return 0;
+    }
+    k = option_index(name);
+    if (k < 0) sx_where_error(L, w, lua_pushfstring(L, "unknown option keyword '%s'", name));
+    bits |= option_table[k].bit;
+    lua_pop(L, 1);
+  }
+  return bits;
+}
+
+static int push_options(lua_State *L, uint64_t set) {
+  int i, n = 0;
+  lua_newtable(L);
+  for (i = 0; option_table[i].name != NULL; i++) {
+    uint64_t b = option_table[i].bit;
+    if (b != 0 && (set & b) == b) {
+      lua_pushstring(L, option_table[i].name);
+      lua_rawseti(L, -2, ++n);
+    }
+  }
+  return 1;
+}
+
+static int ctx_set_options(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
+  return push_options(L, SSL_CTX_set_options(c->ctx, parse_options(L, 2, w)));
+}
+
+static int ctx_clear_options(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
+  return push_options(L, SSL_CTX_clear_options(c->ctx, parse_options(L, 2, w)));
+}
+
+static int ctx_get_options(lua_State *L) {
+  return push_options(L, SSL_CTX_get_options(sx_ctx_check(L, 1)->ctx));
+}
+
+/* ---- DH ----------------------------------------------------------------- */
+
+static int set_dh(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  size_t len;
+  const char *s;
+  BIO *bio;
+  int ok;
+  if (lua_type(L, idx) != LUA_TSTRING) return sx_where_typeerror(L, w, idx, "'auto', a file or PEM");
+  s = lua_tolstring(L, idx, &len);
+  ERR_clear_error();
+  if (strcmp(s, "auto") == 0) {
+    SSL_CTX_set_dh_auto(c->ctx, 1);
+    return 0;
+  }
+  bio = sx_is_pem_text(s, len) ? BIO_new_mem_buf(s, (int)len) : BIO_new_file(s, "r");
+  if (bio == NULL) return sx_push_error(L, lua_pushfstring(L, "dh '%s'", s), "file");
+  {
+#if SX_OPENSSL3
+    EVP_PKEY *dh = PEM_read_bio_Parameters(bio, NULL);
+    ok = dh != NULL && SSL_CTX_set0_tmp_dh_pkey(c->ctx, dh);
+    if (dh != NULL && !ok) EVP_PKEY_free(dh);
+#else
+    DH *dh = PEM_read_bio_DHparams(bio, NULL, NULL, NULL);
+    ok = dh != NULL && SSL_CTX_set_tmp_dh(c->ctx, dh);
+    DH_free(dh);
+#endif
+  }
+  BIO_free(bio);
+  if (!ok) return sx_push_error(L, "dh parameters", "file");
+  return 0;
+}
+
+static int ctx_set_dh(lua_State *L) {
+  sx_where w = {2, NULL};
+  if (set_dh(L, sx_ctx_check(L, 1), 2, w) == 3) return 3;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- ALPN --------------------------------------------------------------- */
+
+/* Builds the wire form (length-prefixed names) of a list; returns a new Lua string on top. */
+static void alpn_wire(lua_State *L, int idx, sx_where w) {
+  luaL_Buffer b;
+  int i, n;
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx)) sx_where_typeerror(L, w, idx, "list of protocol names");
+  n = (int)lua_rawlen(L, idx);
+  if (n == 0) sx_where_error(L, w, "empty protocol list");
+  for (i = 1; i <= n; i++) {   /* validate first: a luaL_Buffer owns the stack top */
+    size_t len;
+    lua_rawgeti(L, idx, i);
+    if (lua_type(L, -1) != LUA_TSTRING) sx_where_error(L, w, "protocol names must be strings");
+    lua_tolstring(L, -1, &len);
+    if (len == 0 || len > 255) sx_where_error(L, w, "protocol names must be 1 to 255 bytes");
+    lua_pop(L, 1);
+  }
+  luaL_buffinit(L, &b);
+  for (i = 1; i <= n; i++) {
+    size_t len;
+    lua_rawgeti(L, idx, i);
+    lua_tolstring(L, -1, &len);
+    luaL_addchar(&b, (char)len);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+}
+
+static int set_alpn(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  size_t len;
+  const char *wire;
+  alpn_wire(L, idx, w);
+  wire = lua_tolstring(L, -1, &len);
+  if (SSL_CTX_set_alpn_protos(c->ctx, (const unsigned char *)wire, (unsigned)len) != 0)
+    return luaL_error(L, "out of memory");
+  lua_pop(L, 1);
+  return 0;
+}
+
+static int ctx_set_alpn(lua_State *L) {
+  sx_where w = {2, NULL};
+  set_alpn(L, sx_ctx_check(L, 1), 2, w);
+  return 0;
+}
+
+typedef struct alpn_call {
+  sx_conn *conn;
+  const unsigned char *in;
+  unsigned int inlen;
+  const unsigned char *out;
+  unsigned char outlen;
+} alpn_call;
+
+static int alpn_select_helper(lua_State *L) {
+  alpn_call *ac = (alpn_call *)lua_touserdata(L, 1);
+  SSL *ssl = ac->conn->ssl;
+  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), sx_ctx_ex_index);
+  unsigned int i;
+  int n = 0;
+  size_t len;
+  const char *chosen;
+  if (c == NULL || !sx_objects_push(L, c)) return luaL_error(L, "context is closed");
+  sx_getuv(L, -1);
+  lua_getfield(L, -1, "alpn_select");
+  lua_newtable(L);
+  for (i = 0; i < ac->inlen && i + 1 + ac->in[i] <= ac->inlen; i += 1u + ac->in[i]) {
+    lua_pushlstring(L, (const char *)ac->in + i + 1, ac->in[i]);
+    lua_rawseti(L, -2, ++n);
+  }
+  sx_objects_push(L, ac->conn);
+  lua_call(L, 2, 1);
+  if (lua_isnil(L, -1)) return 0;
+  if (lua_type(L, -1) != LUA_TSTRING)
+    return luaL_error(L, "returned a %s; expected a protocol name or nil", luaL_typename(L, -1));
+  chosen = lua_tolstring(L, -1, &len);
+  for (i = 0; i < ac->inlen && i + 1 + ac->in[i] <= ac->inlen; i += 1u + ac->in[i]) {
+    if (ac->in[i] == len && memcmp(ac->in + i + 1, chosen, len) == 0) {
+      ac->out = ac->in + i + 1;   /* point into the client's list: it outlives this call */
+      ac->outlen = ac->in[i];
+      return 0;
+    }
+  }
+  return luaL_error(L, "returned '%s', which the client did not offer", chosen);
+}
+
+static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                          const unsigned char *in, unsigned int inlen, void *arg) {
+  sx_conn *conn = (sx_conn *)SSL_get_ex_data(ssl, sx_ssl_ex_index);
+  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), sx_ctx_ex_index);
+  (void)arg;
+  if (conn == NULL || c == NULL) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  if (c->alpn_select_wire != NULL) {
+    unsigned char *o;
+    if (SSL_select_next_proto(&o, outlen, c->alpn_select_wire, (unsigned)c->alpn_select_len, in,
+                              inlen) != OPENSSL_NPN_NEGOTIATED)
+      return SSL_TLSEXT_ERR_NOACK;
+    *out = o;
+    return SSL_TLSEXT_ERR_OK;
+  }
+  if (conn->L == NULL) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  {
+    alpn_call ac;
+    ac.conn = conn;
+    ac.in = in;
+    ac.inlen = inlen;
+    ac.out = NULL;
+    ac.outlen = 0;
+    if (!sx_callback_run(conn, "alpn", alpn_select_helper, &ac)) return SSL_TLSEXT_ERR_ALERT_FATAL;
+    if (ac.out == NULL) return SSL_TLSEXT_ERR_NOACK;
+    *out = ac.out;
+    *outlen = ac.outlen;
+    return SSL_TLSEXT_ERR_OK;
+  }
+}
+
+static int ctx_set_alpn_select(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
+  if (lua_type(L, 2) == LUA_TFUNCTION) {
+    OPENSSL_free(c->alpn_select_wire);
+    c->alpn_select_wire = NULL;
+    lua_pushvalue(L, 2);
+    uv_set(L, 1, "alpn_select");
+  } else {
+    size_t len;
+    const char *wire;
+    unsigned char *copy;
+    alpn_wire(L, 2, w);
+    wire = lua_tolstring(L, -1, &len);
+    copy = (unsigned char *)OPENSSL_memdup(wire, len);
+    if (copy == NULL) return luaL_error(L, "out of memory");
+    OPENSSL_free(c->alpn_select_wire);
+    c->alpn_select_wire = copy;
+    c->alpn_select_len = len;
+  }
+  SSL_CTX_set_alpn_select_cb(c->ctx, alpn_select_cb, NULL);
+  return 0;
+}
+
+/* ---- sessions ----------------------------------------------------------- */
+
+static int ctx_set_session_id_context(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, len <= SSL_MAX_SID_CTX_LENGTH, 2, "session id context longer than 32 bytes");
+  SSL_CTX_set_session_id_context(c->ctx, (const unsigned char *)s, (unsigned)len);
+  c->sid_explicit = 1;
+  return 0;
+}
+
+typedef struct session_call {
+  sx_conn *conn;
+  SSL_SESSION *session;
+} session_call;
+
+static int session_helper(lua_State *L) {
+  session_call *sc = (session_call *)lua_touserdata(L, 1);
+  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(sc->conn->ssl), sx_ctx_ex_index);
+  if (c == NULL || !sx_objects_push(L, c)) return luaL_error(L, "context is closed");
+  sx_getuv(L, -1);
+  lua_getfield(L, -1, "session_cb");
+  if (lua_isnil(L, -1)) return 0;
+  sx_objects_push(L, sc->conn);
+  sx_session_push(L, sc->session);
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+static int new_session_cb(SSL *ssl, SSL_SESSION *session) {
+  sx_conn *conn = (sx_conn *)SSL_get_ex_data(ssl, sx_ssl_ex_index);
+  session_call sc;
+  if (conn == NULL || conn->L == NULL) return 0;
+  sc.conn = conn;
+  sc.session = session;
+  sx_callback_run(conn, "session", session_helper, &sc);
+  return 0;   /* the session object took its own reference */
+}
+
+static int ctx_set_session_callback(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  long mode;
+  if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  uv_set(L, 1, "session_cb");
+  mode = SSL_CTX_get_session_cache_mode(c->ctx) | SSL_SESS_CACHE_CLIENT;
+  if (c->side == SX_CLIENT) mode |= SSL_SESS_CACHE_NO_INTERNAL_STORE;
+  SSL_CTX_set_session_cache_mode(c->ctx, mode);
+  SSL_CTX_sess_set_new_cb(c->ctx, lua_isnil(L, 2) ? NULL : new_session_cb);
+  return 0;
+}
+
+static int set_cache_size(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  if (!lua_isinteger(L, idx) || lua_tointeger(L, idx) < 0)
+    return sx_where_error(L, w, "session cache size must be a non-negative integer");
+  SSL_CTX_sess_set_cache_size(c->ctx, (long)lua_tointeger(L, idx));
+  return 0;
+}
+
+static int ctx_set_session_cache_size(lua_State *L) {
+  sx_where w = {2, NULL};
+  set_cache_size(L, sx_ctx_check(L, 1), 2, w);
+  return 0;
+}
+
+static int ctx_set_post_handshake_auth(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  luaL_checktype(L, 2, LUA_TBOOLEAN);
+  SSL_CTX_set_post_handshake_auth(c->ctx, lua_toboolean(L, 2));
+  c->post_handshake_auth = lua_toboolean(L, 2);
+  return 0;
+}
+
+/* ---- SNI ---------------------------------------------------------------- */
+
+/* The host_name entry of a ClientHello's server_name extension, or NULL. */
+static int client_hello_servername(SSL *ssl, const unsigned char **name, size_t *len) {
+  const unsigned char *p;
+  size_t rem, list;
+  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &rem) || rem < 5) return 0;
+  list = ((size_t)p[0] << 8) | p[1];
+  if (list + 2 != rem || p[2] != TLSEXT_NAMETYPE_host_name) return 0;
+  *len = ((size_t)p[3] << 8) | p[4];
+  if (*len + 5 > rem || *len == 0) return 0;
+  *name = p + 5;
+  return 1;
+}
+
+typedef struct sni_call {
+  sx_conn *conn;
+  const unsigned char *name;
+  size_t len;
+} sni_call;
+
+/* Applies the new context's server policy to the connection: everything SSL_set_SSL_CTX does
+ * not carry over itself (mode, callback, depth, parameters, session id context). */
+static void switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx) {
+  SSL *ssl = conn->ssl;
+  X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+  sx_ctx_refresh_sid(L, nc);
+  SSL_set_SSL_CTX(ssl, nc->ctx);
+  conn->policy = nc->policy[SX_SERVER];
+  sx_apply_verify(ssl, &conn->policy);
+  X509_VERIFY_PARAM_set_inh_flags(param, X509_VP_FLAG_OVERWRITE | X509_VP_FLAG_RESET_FLAGS);
+  X509_VERIFY_PARAM_set1(param, SSL_CTX_get0_param(nc->ctx));
+  X509_VERIFY_PARAM_set_inh_flags(param, 0);
+  SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(nc->ctx));
+  sx_getuv(L, nc_idx);
+  lua_getfield(L, -1, "cb_server");
+  lua_remove(L, -2);
+  sx_conn_push(L, conn);      /* value, conn, conn_uv */
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "cb");
+  lua_pushvalue(L, nc_idx);
+  lua_setfield(L, -2, "ctx");
+  lua_pop(L, 3);
+}
+
+static int sni_helper(lua_State *L) {
+  sni_call *sc = (sni_call *)lua_touserdata(L, 1);
+  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(sc->conn->ssl), sx_ctx_ex_index);
+  sx_ctx *nc;
+  if (c == NULL || !sx_objects_push(L, c)) return luaL_error(L, "context is closed");
+  sx_getuv(L, -1);
+  lua_getfield(L, -1, "servername");
+  if (sc->name != NULL) lua_pushlstring(L, (const char *)sc->name, sc->len);
+  else lua_pushnil(L);
+  lua_call(L, 1, 1);
+  if (lua_isnil(L, -1)) return 0;
+  nc = (sx_ctx *)luaL_testudata(L, -1, SX_CTX_MT);
+  if (nc == NULL) return luaL_error(L, "returned a %s; expected a context or nil", luaL_typename(L, -1));
+  if (nc->ctx == NULL) return luaL_error(L, "returned a closed context");
+  if (nc == c) return 0;
+  switch_context(L, sc->conn, nc, lua_gettop(L));
+  return 0;
+}
+
+static int client_hello_cb(SSL *ssl, int *alert, void *arg) {
+  sx_conn *conn = (sx_conn *)SSL_get_ex_data(ssl, sx_ssl_ex_index);
+  sni_call sc;
+  (void)arg;
+  if (conn == NULL || conn->L == NULL) {
+    *alert = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
+  sc.conn = conn;
+  sc.name = NULL;
+  sc.len = 0;
+  client_hello_servername(ssl, &sc.name, &sc.len);
+  if (!sx_callback_run(conn, "servername", sni_helper, &sc)) {
+    *alert = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
+  return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+static int ctx_set_servername_callback(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  uv_set(L, 1, "servername");
+  SSL_CTX_set_client_hello_cb(c->ctx, lua_isnil(L, 2) ? NULL : client_hello_cb, NULL);
+  return 0;
+}
+
+static int ctx_side(lua_State *L) {
+  lua_pushstring(L, side_names[sx_ctx_check(L, 1)->side]);
+  return 1;
+}
+
+/* ---- sslctx.new --------------------------------------------------------- */
+
+static const char *const option_names[] = {
+  "side", "verify", "verify_callback", "verify_depth", "ca_file", "ca_path", "ca", "client_ca",
+  "certificate", "key", "password", "min_version", "max_version", "security_level", "ciphers",
+  "ciphersuites", "groups", "alpn", "options", "post_handshake_auth", "session_cache_size",
+  "session_tickets", "dh", "verify_params", NULL
+};
+
+static void check_option_names(lua_State *L, int opts) {
+  lua_pushnil(L);
+  while (lua_next(L, opts)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_argerror(L, 1, lua_pushfstring(L, "option names must be strings, got a %s",
+                                          luaL_typename(L, -1)));
+    if (sx_keyword_index(lua_tostring(L, -1), option_names) < 0)
+      luaL_argerror(L, 1, lua_pushfstring(L, "unknown option '%s'", lua_tostring(L, -1)));
+  }
+}
+
+/* Pushes opts[name]; returns 1 when it is not nil. */
+static int opt(lua_State *L, int opts, const char *name) {
+  lua_getfield(L, opts, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
+static sx_ctx *ctx_create(lua_State *L, int side) {
+  sx_ctx *c = (sx_ctx *)sx_newuserdata(L, sizeof(sx_ctx));
+  memset(c, 0, sizeof *c);   /* closed until SSL_CTX_new succeeds */
+  luaL_setmetatable(L, SX_CTX_MT);
+  lua_newtable(L);
+  sx_setuv(L, -2);
+  c->side = side;
+  c->last_side = side == SX_SERVER ? SX_SERVER : SX_CLIENT;
+  c->policy[SX_CLIENT].mode = SSL_VERIFY_PEER;   /* clients verify by default */
+  c->policy[SX_SERVER].mode = SSL_VERIFY_NONE;
+  c->sid_dirty = 1;
+  ERR_clear_error();
+  c->ctx = SSL_CTX_new(TLS_method());
+  if (c->ctx == NULL) {
+    sx_push_error(L, "SSL_CTX_new", "ssl");
+    lua_error(L);
+  }
+  SSL_CTX_set_ex_data(c->ctx, sx_ctx_ex_index, c);
+  sx_objects_set(L, c, -1);
+  SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+  SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_clear_options(c->ctx, SSL_OP_ALLOW_CLIENT_RENEGOTIATION);
+  SSL_CTX_set_verify(c->ctx, c->policy[side == SX_CLIENT ? SX_CLIENT : SX_SERVER].mode, NULL);
+  return c;
+}
+
+/* Applies the options that raise on bad values (nothing can fail at run time here). */
+static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
+  int side = c->side;
+  if (side == SX_BOTH) {
+    if (opt(L, opts, "verify")) {
+      sx_where w = {1, "verify"};
+      int t = lua_gettop(L);
+      if (!lua_istable(L, t)) sx_where_error(L, w, "a 'both' context takes {client = mode, server = mode}");
+      lua_getfield(L, t, "client");
+      lua_getfield(L, t, "server");
+      if (!lua_isnil(L, -2)) c->policy[SX_CLIENT].mode = sx_parse_mode(L, -2, SX_CLIENT, w);
+      if (!lua_isnil(L, -1)) c->policy[SX_SERVER].mode = sx_parse_mode(L, -1, SX_SERVER, w);
+      lua_pop(L, 3);
+    }
+    if (opt(L, opts, "verify_callback")) {
+      sx_where mw = {1, "verify"}, cw = {1, "verify_callback"};
+      int cb = lua_gettop(L);
+      lua_pushinteger(L, c->policy[SX_CLIENT].mode);
+      ctx_set_policy(L, obj, c, SX_CLIENT, -1, mw, cb, cw);
+      lua_pushinteger(L, c->policy[SX_SERVER].mode);
+      ctx_set_policy(L, obj, c, SX_SERVER, -1, mw, cb, cw);
+      lua_pop(L, 3);
+    }
+  } else {
+    sx_where mw = {1, "verify"}, cw = {1, "verify_callback"};
+    if (!opt(L, opts, "verify")) lua_pushinteger(L, c->policy[side].mode);
+    if (!opt(L, opts, "verify_callback")) lua_pushnil(L);
+    ctx_set_policy(L, obj, c, side, -2, mw, -1, cw);
+    lua_pop(L, 2);
+  }
+  if (opt(L, opts, "verify_depth")) {
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 100)
+      luaL_argerror(L, 1, "option 'verify_depth': an integer from 0 to 100 expected");
+    SSL_CTX_set_verify_depth(c->ctx, (int)lua_tointeger(L, -1));
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "verify_params")) {
+    sx_where w = {1, "verify_params"};
+    apply_verify_params(L, c, -1, w);
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "min_version")) {
+    sx_where w = {1, "min_version"};
+    SSL_CTX_set_min_proto_version(c->ctx, parse_version(L, -1, w));
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "max_version")) {
+    sx_where w = {1, "max_version"};
+    SSL_CTX_set_max_proto_version(c->ctx, parse_version(L, -1, w));
+    lua_pop(L, 1);
+  }
+  if (SSL_CTX_get_max_proto_version(c->ctx) != 0 &&
+      SSL_CTX_get_max_proto_version(c->ctx) < SSL_CTX_get_min_proto_version(c->ctx))
+    luaL_argerror(L, 1, "option 'max_version' is below 'min_version'");
+  if (opt(L, opts, "security_level")) {
+    sx_where w = {1, "security_level"};
+    set_security_level(L, c, -1, w);
+    lua_pop(L, 1);
+  }
+  {
+    static const char *const strs[] = {"ciphers", "ciphersuites", "groups"};
+    int i;
+    for (i = 0; i < 3; i++) {
+      if (opt(L, opts, strs[i])) {
+        sx_where w = {1, NULL};
+        w.opt = strs[i];
+        set_string_setting(L, c, i, -1, w);
+        lua_pop(L, 1);
+      }
+    }
+  }
+  if (opt(L, opts, "alpn")) {
+    sx_where w = {1, "alpn"};
+    set_alpn(L, c, -1, w);
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "options")) {
+    sx_where w = {1, "options"};
+    SSL_CTX_set_options(c->ctx, parse_options(L, -1, w));
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "post_handshake_auth")) {
+    if (!lua_isboolean(L, -1)) luaL_argerror(L, 1, "option 'post_handshake_auth': boolean expected");
+    SSL_CTX_set_post_handshake_auth(c->ctx, lua_toboolean(L, -1));
+    c->post_handshake_auth = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "session_cache_size")) {
+    sx_where w = {1, "session_cache_size"};
+    set_cache_size(L, c, -1, w);
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "session_tickets")) {
+    if (!lua_isboolean(L, -1)) luaL_argerror(L, 1, "option 'session_tickets': boolean expected");
+    if (lua_toboolean(L, -1)) SSL_CTX_clear_options(c->ctx, SSL_OP_NO_TICKET);
+    else SSL_CTX_set_options(c->ctx, SSL_OP_NO_TICKET);
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "password")) {
+    sx_where w = {1, "password"};
+    check_password_value(L, -1, w);
+    uv_set(L, obj, "password");
+  }
+}
+
+/* Applies the options that read files or keys; returns 3 with nil,msg,kind pushed on failure. */
+static int apply_material(lua_State *L, int obj, sx_ctx *c, int opts) {
+  int has_trust = 0, names_from_trust = 1;
+  if (opt(L, opts, "ca_file")) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 1, "option 'ca_file': string expected");
+    if (load_locations(L, c, lua_tostring(L, -1), NULL) == 3) return 3;
+    lua_pop(L, 1);
+    has_trust = 1;
+  }
+  if (opt(L, opts, "ca_path")) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 1, "option 'ca_path': string expected");
+    if (load_locations(L, c, NULL, lua_tostring(L, -1)) == 3) return 3;
+    lua_pop(L, 1);
+    has_trust = 1;
+  }
+  if (opt(L, opts, "client_ca")) {
+    sx_where w = {1, "client_ca"};
+    if (set_client_ca(L, c, -1, w) == 3) return 3;
+    lua_pop(L, 1);
+    names_from_trust = 0;
+  }
+  if (names_from_trust && opt(L, opts, "ca_file")) {
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(lua_tostring(L, -1));
+    if (names != NULL) SSL_CTX_set_client_CA_list(c->ctx, names);
+    ERR_clear_error();
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "ca")) {
+    if (add_ca_certs(L, c, lua_gettop(L), names_from_trust) == 3) return 3;
+    lua_pop(L, 1);
+    has_trust = 1;
+  }
+  if (!has_trust && c->side != SX_SERVER) {
+    ERR_clear_error();
+    SSL_CTX_set_default_verify_paths(c->ctx);   /* clients verify against the system's roots */
+    ERR_clear_error();
+    trust_log_add(c, "default", X509_get_default_cert_dir());
+  }
+  if (opt(L, opts, "dh")) {
+    sx_where w = {1, "dh"};
+    if (set_dh(L, c, lua_gettop(L), w) == 3) return 3;
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "certificate")) {
+    if (use_certificate(L, c, lua_gettop(L)) == 3) return 3;
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "key")) {
+    if (use_private_key(L, c, obj, lua_gettop(L), 0) == 3) return 3;
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+int sx_context_new(lua_State *L) {
+  int side = SX_CLIENT, obj;
+  sx_ctx *c;
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  check_option_names(L, 1);
+  if (opt(L, 1, "side")) {
+    int k = lua_type(L, -1) == LUA_TSTRING ? sx_keyword_index(lua_tostring(L, -1), side_names) : -1;
+    if (k < 0) luaL_argerror(L, 1, "option 'side': 'client', 'server' or 'both' expected");
+    side = k;
+    lua_pop(L, 1);
+  }
+  c = ctx_create(L, side);
+  obj = lua_gettop(L);
+  apply_settings(L, obj, c, 1);
+  if (apply_material(L, obj, c, 1) == 3) {
+    ctx_release(c);
+    return 3;
+  }
+  lua_settop(L, obj);
+  return 1;
+}
+
+int sx_connection_new(lua_State *L);
+
+void sx_context_open(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"set_verification_mode", ctx_set_verification_mode},
+    {"get_verification_mode", ctx_get_verification_mode},
+    {"set_verify_depth", ctx_set_verify_depth},
+    {"get_verify_depth", ctx_get_verify_depth},
+    {"set_verify_params", ctx_set_verify_params},
+    {"add_crl", ctx_add_crl},
+    {"use_certificate", ctx_use_certificate},
+    {"use_private_key", ctx_use_private_key},
+    {"load_verify_locations", ctx_load_verify_locations},
+    {"set_default_verify_paths", ctx_set_default_verify_paths},
+    {"set_client_ca_list", ctx_set_client_ca_list},
+    {"set_password_callback", ctx_set_password_callback},
+    {"set_options", ctx_set_options},
+    {"clear_options", ctx_clear_options},
+    {"get_options", ctx_get_options},
+    {"set_dh", ctx_set_dh},
+    {"set_ciphers", ctx_set_ciphers},
+    {"set_ciphersuites", ctx_set_ciphersuites},
+    {"set_groups", ctx_set_groups},
+    {"set_min_version", ctx_set_min_version},
+    {"set_max_version", ctx_set_max_version},
+    {"set_security_level", ctx_set_security_level},
+    {"get_security_level", ctx_get_security_level},
+    {"set_alpn", ctx_set_alpn},
+    {"set_alpn_select", ctx_set_alpn_select},
+    {"set_post_handshake_auth", ctx_set_post_handshake_auth},
+    {"set_session_id_context", ctx_set_session_id_context},
+    {"set_session_callback", ctx_set_session_callback},
+    {"set_session_cache_size", ctx_set_session_cache_size},
+    {"set_servername_callback", ctx_set_servername_callback},
+    {"new_connection", sx_connection_new},
+    {"side", ctx_side},
+    {"close", ctx_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg meta[] = {
+    {"__gc", ctx_gc},
+    {"__close", ctx_gc},
+    {"__tostring", ctx_tostring},
+    {NULL, NULL}
+  };
+  sx_register_class(L, SX_CTX_MT, methods, meta);
+}

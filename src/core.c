@@ -1,0 +1,305 @@
+/* core.c: the module entry point and what every object file shares: class registration,
+ * the per-state object map, error reporting and keyword parsing. */
+#include <string.h>
+#include <ctype.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/evp.h>
+#include "private.h"
+
+int sx_ssl_ex_index = -1;
+int sx_ctx_ex_index = -1;
+
+/* ---- Lua 5.1 shims (declared in compat.h) ------------------------------- */
+
+#if LUA_VERSION_NUM == 501 && !defined(LUAJIT_VERSION_NUM)
+void sx_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
+  luaL_checkstack(L, nup + 1, "too many upvalues");
+  for (; l->name != NULL; l++) {
+    int i;
+    for (i = 0; i < nup; i++) lua_pushvalue(L, -nup);
+    lua_pushcclosure(L, l->func, nup);
+    lua_setfield(L, -(nup + 2), l->name);
+  }
+  lua_pop(L, nup);
+}
+
+void *sx_compat_testudata(lua_State *L, int idx, const char *tname) {
+  void *p = lua_touserdata(L, idx);
+  if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
+  luaL_getmetatable(L, tname);
+  if (!lua_rawequal(L, -1, -2)) p = NULL;
+  lua_pop(L, 2);
+  return p;
+}
+#endif
+
+#if LUA_VERSION_NUM < 503
+int sx_compat_isinteger(lua_State *L, int idx) {
+  lua_Number n;
+  if (lua_type(L, idx) != LUA_TNUMBER) return 0;
+  n = lua_tonumber(L, idx);
+  return n == (lua_Number)(lua_Integer)n;
+}
+#endif
+
+/* ---- classes and the object map ------------------------------------------ */
+
+void sx_register_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                       const luaL_Reg *metamethods) {
+  luaL_newmetatable(L, name);
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__name");
+  if (metamethods != NULL) luaL_setfuncs(L, metamethods, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "sslctx: metatable is protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
+
+/* A weak-valued table per Lua state maps C pointers back to their Lua objects, so that an
+ * OpenSSL callback, which only has the SSL*, can reach the connection object. */
+static const char sx_objects_key = 'o';
+
+static void objects_push_table(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &sx_objects_key);
+}
+
+static void objects_create(lua_State *L) {
+  lua_newtable(L);
+  lua_newtable(L);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &sx_objects_key);
+}
+
+void sx_objects_set(lua_State *L, const void *p, int idx) {
+  idx = lua_absindex(L, idx);
+  objects_push_table(L);
+  lua_pushvalue(L, idx);
+  lua_rawsetp(L, -2, p);
+  lua_pop(L, 1);
+}
+
+int sx_objects_push(lua_State *L, const void *p) {
+  objects_push_table(L);
+  lua_rawgetp(L, -1, p);
+  lua_remove(L, -2);
+  return !lua_isnil(L, -1);
+}
+
+/* ---- errors ------------------------------------------------------------- */
+
+void sx_add_errors(luaL_Buffer *b) {
+  unsigned long e;
+  const char *data;
+  int flags, first = 1;
+  char buf[256];
+  while ((e = sx_err_get(&data, &flags)) != 0) {
+    const char *reason = ERR_reason_error_string(e);
+    if (!first) luaL_addstring(b, ", ");
+    first = 0;
+    if (reason != NULL) {
+      luaL_addstring(b, reason);
+    } else {
+      ERR_error_string_n(e, buf, sizeof buf);
+      luaL_addstring(b, buf);
+    }
+    if (data != NULL && *data != '\0' && (flags & ERR_TXT_STRING)) {
+      luaL_addstring(b, " (");
+      luaL_addstring(b, data);
+      luaL_addchar(b, ')');
+    }
+  }
+}
+
+int sx_push_error(lua_State *L, const char *prefix, const char *kind) {
+  luaL_Buffer b;
+  size_t len;
+  lua_pushnil(L);
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, prefix);
+  luaL_addstring(&b, ": ");
+  sx_add_errors(&b);
+  luaL_pushresult(&b);
+  /* Nothing queued: report the prefix alone rather than a dangling ": ". */
+  lua_tolstring(L, -1, &len);
+  if (len == strlen(prefix) + 2) {
+    lua_pop(L, 1);
+    lua_pushstring(L, prefix);
+  }
+  lua_pushstring(L, kind);
+  return 3;
+}
+
+int sx_where_error(lua_State *L, sx_where w, const char *problem) {
+  if (w.opt != NULL)
+    return luaL_argerror(L, w.arg, lua_pushfstring(L, "option '%s': %s", w.opt, problem));
+  return luaL_argerror(L, w.arg, problem);
+}
+
+int sx_where_typeerror(lua_State *L, sx_where w, int idx, const char *expected) {
+  return sx_where_error(L, w, lua_pushfstring(L, "%s expected, got %s", expected,
+                                              luaL_typename(L, idx)));
+}
+
+/* ---- keywords ----------------------------------------------------------- */
+
+int sx_keyword_index(const char *s, const char *const names[]) {
+  int i;
+  for (i = 0; names[i] != NULL; i++) {
+    const char *a = s, *n = names[i];
+    while (*a != '\0' && (*a == *n || (*a == '-' && *n == '_'))) a++, n++;
+    if (*a == '\0' && *n == '\0') return i;
+  }
+  return -1;
+}
+
+int sx_checkoption(lua_State *L, int arg, const char *def, const char *const names[]) {
+  const char *s = def != NULL ? luaL_optstring(L, arg, def) : luaL_checkstring(L, arg);
+  int i = sx_keyword_index(s, names);
+  if (i < 0) return luaL_argerror(L, arg, lua_pushfstring(L, "invalid option '%s'", s));
+  return i;
+}
+
+int sx_is_pem_text(const char *s, size_t len) {
+  size_t i = 0;
+  while (i < len && isspace((unsigned char)s[i])) i++;
+  return len - i >= 10 && memcmp(s + i, "-----BEGIN", 10) == 0;
+}
+
+/* ---- module ------------------------------------------------------------- */
+
+/* SSL_set_retry_verify arrived in 3.0.2: asked of the running library, not the headers. */
+int sx_has_retry_verify(void) {
+  return OpenSSL_version_num() >= 0x30000020L;
+}
+
+int sx_compat_is_ip_literal(const char *s) {
+  ASN1_OCTET_STRING *ip = a2i_IPADDRESS(s);
+  ASN1_OCTET_STRING_free(ip);
+  ERR_clear_error();
+  return ip != NULL;
+}
+
+static CRYPTO_ONCE ex_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void ex_indices_init(void) {
+  sx_ssl_ex_index = SSL_get_ex_new_index(0, (void *)"sslctx.connection", NULL, NULL, NULL);
+  sx_ctx_ex_index = SSL_CTX_get_ex_new_index(0, (void *)"sslctx.context", NULL, NULL, NULL);
+}
+
+static const struct {
+  const char *name;
+  int what;
+} version_items[] = {
+  {"version", OPENSSL_VERSION},
+  {"built_on", OPENSSL_BUILT_ON},
+  {"directory", OPENSSL_DIR},
+  {"platform", OPENSSL_PLATFORM},
+  {"cflags", OPENSSL_CFLAGS},
+  {"engines_dir", OPENSSL_ENGINES_DIR},
+#if SX_OPENSSL3
+  {"full_version", OPENSSL_FULL_VERSION_STRING},
+  {"modules_dir", OPENSSL_MODULES_DIR},
+  {"cpu_info", OPENSSL_CPU_INFO},
+#endif
+  {NULL, 0}
+};
+
+/* sslctx.openssl_version([what]) -> string; "number" gives OpenSSL_version_num(). */
+static int l_openssl_version(lua_State *L) {
+  const char *what = luaL_optstring(L, 1, "version");
+  int i;
+  if (sx_keyword_index(what, (const char *const[]){"number", NULL}) == 0) {
+    lua_pushinteger(L, (lua_Integer)OpenSSL_version_num());
+    return 1;
+  }
+  for (i = 0; version_items[i].name != NULL; i++) {
+    const char *one[2];
+    one[0] = version_items[i].name;
+    one[1] = NULL;
+    if (sx_keyword_index(what, one) == 0) {
+      lua_pushstring(L, OpenSSL_version(version_items[i].what));
+      return 1;
+    }
+  }
+  return luaL_argerror(L, 1, lua_pushfstring(L, "unknown item '%s'", what));
+}
+
+int sx_context_new(lua_State *L);
+int sx_session_new(lua_State *L);
+int sx_x509_new(lua_State *L);
+int sx_pkey_new(lua_State *L);
+int sx_crl_new(lua_State *L);
+
+/* Sentinels: unique light userdata, cheap to compare in a callback's hot path. */
+static const char sx_retry_sentinel = 'R';
+static const char sx_keep_sentinel = 'K';
+const void *const sx_RETRY = &sx_retry_sentinel;
+const void *const sx_KEEP = &sx_keep_sentinel;
+
+static void check_runtime_version(lua_State *L) {
+  unsigned long built = OPENSSL_VERSION_NUMBER, running = OpenSSL_version_num();
+  if (SX_OPENSSL_MAJOR(built) != SX_OPENSSL_MAJOR(running))
+    luaL_error(L, "sslctx: built against OpenSSL %d.x (%s) but the running libssl is %s; "
+               "rebuild sslctx for this OpenSSL", (int)SX_OPENSSL_MAJOR(built),
+               OPENSSL_VERSION_TEXT, OpenSSL_version(OPENSSL_VERSION));
+}
+
+int luaopen_sslctx_core(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"new", sx_context_new},
+    {"session", sx_session_new},
+    {"x509", sx_x509_new},
+    {"pkey", sx_pkey_new},
+    {"crl", sx_crl_new},
+    {"openssl_version", l_openssl_version},
+    {NULL, NULL}
+  };
+  check_runtime_version(L);
+  if (!OPENSSL_init_ssl(0, NULL)) luaL_error(L, "sslctx: OpenSSL failed to initialise");
+  CRYPTO_THREAD_run_once(&ex_once, ex_indices_init);
+  if (sx_ssl_ex_index < 0 || sx_ctx_ex_index < 0)
+    luaL_error(L, "sslctx: no OpenSSL ex_data index available");
+  objects_create(L);
+  sx_x509_open(L);
+  sx_pkey_open(L);
+  sx_session_open(L);
+  sx_context_open(L);
+  sx_connection_open(L);
+  luaL_newlib(L, funcs);
+  sx_verify_open(L);        /* adds c_callbacks, and the store class */
+  lua_pushlightuserdata(L, (void *)sx_RETRY);
+  lua_setfield(L, -2, "RETRY");
+  lua_pushlightuserdata(L, (void *)sx_KEEP);
+  lua_setfield(L, -2, "KEEP");
+  lua_pushliteral(L, "sslctx 0.1.0");
+  lua_setfield(L, -2, "_VERSION");
+  return 1;
+}
+
+/* ---- digests ------------------------------------------------------------ */
+
+void sx_digest_init(sx_digest *d) {
+  d->md = EVP_MD_CTX_new();
+  d->failed = d->md == NULL || !EVP_DigestInit_ex(d->md, EVP_sha256(), NULL);
+}
+
+void sx_digest_update(sx_digest *d, const void *p, size_t n) {
+  if (!d->failed && n > 0 && !EVP_DigestUpdate(d->md, p, n)) d->failed = 1;
+}
+
+int sx_digest_final(sx_digest *d, unsigned char out[32]) {
+  unsigned int n = 0;
+  int ok = !d->failed && EVP_DigestFinal_ex(d->md, out, &n) && n == 32;
+  EVP_MD_CTX_free(d->md);
+  d->md = NULL;
+  /* A failed digest must never collide with another: fill with a value no policy produces. */
+  if (!ok) memset(out, 0xff, 32), RAND_bytes(out, 16);
+  ERR_clear_error();
+  return ok;
+}

@@ -1,0 +1,212 @@
+/* private.h: what the C files of sslctx share.  Nothing here is public API. */
+#ifndef SSLCTX_PRIVATE_H
+#define SSLCTX_PRIVATE_H
+
+#include <stddef.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <openssl/err.h>
+#include "compat.h"
+
+/* Metatable names (also __name). */
+#define SX_CTX_MT     "sslctx.context"
+#define SX_CONN_MT    "sslctx.connection"
+#define SX_X509_MT    "sslctx.x509"
+#define SX_PKEY_MT    "sslctx.pkey"
+#define SX_SESSION_MT "sslctx.session"
+#define SX_STORE_MT   "sslctx.store"
+#define SX_CRL_MT     "sslctx.crl"
+
+enum { SX_CLIENT = 0, SX_SERVER = 1, SX_BOTH = 2 };
+
+/* ---- callbacks ---------------------------------------------------------- */
+
+typedef int (*sx_verify_fn)(int preverify_ok, X509_STORE_CTX *store);
+
+enum { SX_CB_NONE = 0, SX_CB_LUA, SX_CB_C };
+
+typedef struct sx_callback {
+  int kind;           /* SX_CB_* */
+  sx_verify_fn fn;    /* SX_CB_C: the native function */
+  const void *id;     /* identity for the session id context (function or pointer) */
+} sx_callback;
+
+/* The verification policy of one side: what a connection copies at creation. */
+typedef struct sx_policy {
+  int mode;                        /* SSL_VERIFY_* bits */
+  sx_callback cb;
+  unsigned char params_digest[32]; /* running digest of set_verify_params calls */
+} sx_policy;
+
+/* ---- context ------------------------------------------------------------ */
+
+typedef struct sx_ctx {
+  SSL_CTX *ctx;                 /* NULL once closed */
+  int side;                     /* SX_CLIENT, SX_SERVER, SX_BOTH */
+  int last_side;                /* side of the last set_verification_mode (for "both") */
+  sx_policy policy[2];          /* indexed by SX_CLIENT / SX_SERVER */
+  int flags_explicit;           /* verify_params{flags=} given: add_crl leaves crl_check alone */
+  unsigned long trust_gen;      /* bumped on every trust/CRL change */
+  int sid_explicit;             /* set_session_id_context was called */
+  int sid_dirty;                /* policy changed since the sid was derived */
+  unsigned long trust_digest_gen; /* trust_gen the digest below was computed at, +1 */
+  unsigned char trust_digest[32];
+  unsigned char trust_log[32];  /* running digest of trust directories added */
+  unsigned char *alpn_select_wire;  /* server ALPN preference list (wire form), or NULL */
+  size_t alpn_select_len;
+  int post_handshake_auth;      /* client: offer TLS 1.3 post-handshake auth */
+  int params_identity;          /* verify params name a host or ip: clients need no hostname */
+  /* uservalue fields: "cb_client", "cb_server" (as given), "fn_client", "fn_server" (Lua
+   * functions), "password", "alpn_select", "servername", "session_cb" */
+} sx_ctx;
+
+/* ---- connection --------------------------------------------------------- */
+
+enum { SX_T_MEMORY = 0, SX_T_FD, SX_T_SOCKET };
+
+typedef struct sx_conn {
+  SSL *ssl;                     /* NULL once closed */
+  lua_State *L;                 /* the thread driving it, during a driving call */
+  int side;                     /* SX_CLIENT / SX_SERVER */
+  int busy;                     /* inside a driving call */
+  int in_callback;              /* inside one of its own Lua callbacks */
+  sx_policy policy;             /* copied at creation, then per-connection */
+  int transport;                /* SX_T_* */
+  int fd;                       /* SX_T_FD / SX_T_SOCKET */
+  int close_transport;          /* close() closes the fd/socket */
+  BIO *rbio, *wbio;             /* memory transport: network -> SSL, SSL -> network */
+  size_t buffer_limit;          /* memory transport: 0 = none */
+  int cb_failed;                /* a Lua callback failed; its message is on the stack */
+  int cb_err_index;             /* stack slot of that message during the driving call */
+  const char *cb_name;          /* which callback failed: "verify", "servername", ... */
+  int failed;                   /* fatal error seen: no close_notify on close */
+  int retry_verify;             /* RETRY was asked for in this handshake */
+  int verify_pending_reject;    /* client "never": a callback failed, abort the handshake */
+  int pha_requested;            /* verify_client_post_handshake was called */
+  int input_ended;              /* memory transport: feed(nil) was called */
+  X509 *first_peer;             /* the first handshake's peer certificate ("once") */
+} sx_conn;
+
+/* ---- shared helpers (core.c) ------------------------------------------- */
+
+extern const void *const sx_RETRY;
+extern const void *const sx_KEEP;
+extern int sx_ssl_ex_index;     /* SSL ex_data: sx_conn* */
+extern int sx_ctx_ex_index;     /* SSL_CTX ex_data: sx_ctx* */
+
+void sx_register_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                       const luaL_Reg *metamethods);
+void sx_objects_set(lua_State *L, const void *p, int idx);  /* weak map pointer -> object */
+int sx_objects_push(lua_State *L, const void *p);            /* pushes object or nil; 1 if found */
+/* Pushes nil, message, kind; message = prefix ": " + the drained OpenSSL error queue. */
+int sx_push_error(lua_State *L, const char *prefix, const char *kind);
+/* Appends the drained error queue to the buffer (", "-separated). */
+void sx_add_errors(luaL_Buffer *b);
+/* Where a value came from, for error messages: argument `arg`, or option `opt` of it. */
+typedef struct sx_where {
+  int arg;
+  const char *opt;   /* NULL for a plain argument */
+} sx_where;
+int sx_where_error(lua_State *L, sx_where w, const char *problem);
+int sx_where_typeerror(lua_State *L, sx_where w, int idx, const char *expected);
+int sx_checkoption(lua_State *L, int arg, const char *def, const char *const names[]);
+/* Accepts "a_b" and "a-b" spellings of keyword names; -1 if unknown. */
+int sx_keyword_index(const char *s, const char *const names[]);
+int sx_is_pem_text(const char *s, size_t len);  /* first non-blank is "-----BEGIN" */
+int sx_has_retry_verify(void);                  /* runtime OpenSSL has SSL_set_retry_verify */
+
+/* SHA-256 for policy digests (session id contexts).  A failed allocation makes the digest
+ * all-zero-but-unique-per-call impossible, so sx_digest_final reports it: 0 on failure. */
+typedef struct sx_digest {
+  EVP_MD_CTX *md;
+  int failed;
+} sx_digest;
+void sx_digest_init(sx_digest *d);
+void sx_digest_update(sx_digest *d, const void *p, size_t n);
+int sx_digest_final(sx_digest *d, unsigned char out[32]);
+
+/* ---- x509.c / pkey.c -------------------------------------------------- */
+
+void sx_x509_open(lua_State *L);                 /* registers metatables */
+void sx_x509_push(lua_State *L, X509 *x);        /* up-refs x */
+X509 *sx_x509_check(lua_State *L, int arg);      /* raises unless an open x509 */
+X509 *sx_x509_test(lua_State *L, int arg);       /* NULL unless an open x509 */
+/* Loads one or more certificates (PEM text, PEM/DER file, or an x509 object) at arg.
+ * Returns a stack of up-ref'd certificates (leaf first), or NULL with nil,msg,kind pushed. */
+STACK_OF(X509) *sx_load_certs(lua_State *L, int arg, const char *what);
+/* Loads CRLs from PEM text or a file; NULL with nil,msg,kind pushed on failure. */
+STACK_OF(X509_CRL) *sx_load_crls(lua_State *L, int arg);
+
+typedef struct sx_password {
+  lua_State *L;
+  int index;        /* stack index of a string or function, 0 for none */
+  int failed;       /* the callback raised or returned a bad value */
+  int err_index;    /* then: stack index of its message */
+} sx_password;
+int sx_password_cb(char *buf, int size, int rwflag, void *u);
+
+void sx_pkey_open(lua_State *L);
+EVP_PKEY *sx_pkey_test(lua_State *L, int arg);
+void sx_pkey_push(lua_State *L, EVP_PKEY *k);     /* up-refs k */
+/* Loads a private key from PEM text, a PEM/DER file, or a pkey object; NULL with
+ * nil,msg,kind pushed on failure. */
+EVP_PKEY *sx_load_key(lua_State *L, int arg, sx_password *pw);
+
+/* ---- verify.c ----------------------------------------------------------- */
+
+void sx_verify_open(lua_State *L);
+int sx_parse_mode(lua_State *L, int idx, int side, sx_where w);
+/* Parses the callback argument at arg into cb; pushes the value to keep as "given" and
+ * the Lua function (or nil) for the trampoline. */
+void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb);
+int sx_push_mode(lua_State *L, int mode, int side);   /* flags, integer[, preset] */
+int sx_verify_trampoline(int ok, X509_STORE_CTX *store);
+void sx_apply_verify(SSL *ssl, const sx_policy *p);
+void sx_set_verify_params(lua_State *L, X509_VERIFY_PARAM *param, int idx, sx_where w,
+                          int *flags_explicit, unsigned char digest[32]);
+/* Runs helper(data) protected on conn->L, the thread driving the connection, with the
+ * OpenSSL error queue isolated.  Returns 1, or 0 when it failed: the first failure's message
+ * stays on the stack for the driving call to report as "<name> callback: <message>". */
+int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void *data);
+/* Pushes conn's Lua object and its uservalue table (2 values); inside a protected helper. */
+void sx_conn_push(lua_State *L, sx_conn *conn);
+
+/* ---- context.c / connection.c / session.c ------------------------------ */
+
+void sx_context_open(lua_State *L);
+sx_ctx *sx_ctx_check(lua_State *L, int arg);
+void sx_ctx_policy_digest(lua_State *L, sx_ctx *c, const sx_policy *p, X509_VERIFY_PARAM *param,
+                          int side, const char *extra, unsigned char out[32]);
+void sx_ctx_refresh_sid(lua_State *L, sx_ctx *c);
+
+void sx_connection_open(lua_State *L);
+sx_conn *sx_conn_check(lua_State *L, int arg);
+
+void sx_session_open(lua_State *L);
+void sx_session_push(lua_State *L, SSL_SESSION *s);   /* up-refs s */
+SSL_SESSION *sx_session_test(lua_State *L, int arg);
+
+/* ---- added by x509.c/pkey.c --------------------------------------------- */
+
+int sx_x509_new(lua_State *L);    /* sslctx.x509(pem_or_der) */
+int sx_crl_new(lua_State *L);     /* sslctx.crl(pem_or_der) */
+int sx_pkey_new(lua_State *L);    /* sslctx.pkey(pem_or_der [, password]) */
+
+/* x509.c's helpers that pkey.c shares.  A memory BIO owned by a holder pushed on the Lua
+ * stack, so that a Lua error while it is in use frees it: NULL when out of memory (the
+ * holder is pushed all the same).  _result replaces the holder on top by the BIO's
+ * contents; _pop frees it and pops it. */
+BIO *sx_membio_push(lua_State *L);
+void sx_membio_result(lua_State *L);
+void sx_membio_pop(lua_State *L);
+/* The file's bytes in a memory BIO; NULL with nil, "<what>: <path>: <reason>", "file"
+ * pushed. */
+BIO *sx_open_file(lua_State *L, const char *path, size_t path_len, const char *what);
+int sx_is_der(const char *s, size_t len);   /* starts as a DER SEQUENCE does */
+/* Push nil, message, kind and return 3: a formatted message, or "<what>[: <path>]: " and
+ * the drained OpenSSL error queue. */
+int sx_push_failure(lua_State *L, const char *kind, const char *fmt, ...);
+int sx_push_ssl_failure(lua_State *L, const char *what, const char *path, const char *kind);
+
+#endif
