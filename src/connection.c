@@ -19,13 +19,15 @@ sx_conn *sx_conn_check(lua_State *L, int arg) {
   return conn;
 }
 
-/* close_notify only after a clean handshake, and never a read: close() must not block. */
+/* close_notify only after a clean handshake, and never a read: close() must not block.
+ * This also runs from __gc, possibly in the middle of another connection's error report, so
+ * it leaves the error queue as it found it. */
 static void send_close_notify(sx_conn *conn) {
   if (!conn->failed && SSL_is_init_finished(conn->ssl) &&
       !(SSL_get_shutdown(conn->ssl) & SSL_SENT_SHUTDOWN)) {
-    ERR_clear_error();
+    ERR_set_mark();
     SSL_shutdown(conn->ssl);
-    ERR_clear_error();
+    ERR_pop_to_mark();
   }
 }
 
@@ -158,11 +160,25 @@ static int push_ssl_failure(lua_State *L, sx_conn *conn) {
   return sx_push_error(L, "ssl", "ssl");
 }
 
-/* Maps a failed SSL_* call to nil, message, kind. */
-static int push_io_result(lua_State *L, sx_conn *conn, int r) {
+/* The outcome of an SSL_* call, classified at once: anything that allocates from Lua may run
+ * a finalizer, and SSL_get_error reads the thread's error queue and errno. */
+typedef struct io_status {
   int err;
+  int sys_errno;
+} io_status;
+
+static io_status io_classify(sx_conn *conn, int r) {
+  io_status st;
+  st.sys_errno = errno;
+  st.err = SSL_get_error(conn->ssl, r);
+  return st;
+}
+
+/* Maps a failed SSL_* call to nil, message, kind. */
+static int push_io_result(lua_State *L, sx_conn *conn, io_status st) {
+  int err = st.err;
+  errno = st.sys_errno;
   if (conn->cb_failed) return push_callback_error(L, conn);
-  err = SSL_get_error(conn->ssl, r);
   switch (err) {
   case SSL_ERROR_WANT_READ: return push_kind(L, "want_read");
   case SSL_ERROR_WANT_WRITE: return push_kind(L, "want_write");
@@ -170,7 +186,7 @@ static int push_io_result(lua_State *L, sx_conn *conn, int r) {
   case SSL_ERROR_ZERO_RETURN: return push_kind(L, "closed");
   case SSL_ERROR_SYSCALL:
     conn->failed = 1;
-    if (ERR_peek_error() == 0 && errno == 0) {
+    if (ERR_peek_error() == 0 && st.sys_errno == 0) {
       lua_pushnil(L);
       lua_pushliteral(L, "eof: the peer closed the connection without close_notify");
       lua_pushliteral(L, "eof");
@@ -178,7 +194,7 @@ static int push_io_result(lua_State *L, sx_conn *conn, int r) {
     }
     if (ERR_peek_error() != 0) return push_ssl_failure(L, conn);
     lua_pushnil(L);
-    lua_pushstring(L, strerror(errno));
+    lua_pushstring(L, strerror(st.sys_errno));
     lua_pushliteral(L, "syscall");
     return 3;
   case SSL_ERROR_SSL: return push_ssl_failure(L, conn);
@@ -207,7 +223,7 @@ static int conn_handshake(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  n = push_io_result(L, conn, r);
+  n = push_io_result(L, conn, io_classify(conn, r));
   drive_end(conn);
   return n;
 }
@@ -227,6 +243,7 @@ static int conn_read(lua_State *L) {
   lua_Integer want = luaL_optinteger(L, 2, 0);
   size_t got = 0, limit;
   int r = 0, n;
+  io_status st = {0, 0};
   luaL_Buffer b;
   luaL_argcheck(L, want >= 0, 2, "byte count must not be negative");
   limit = want > 0 ? (size_t)want : (size_t)-1;
@@ -236,7 +253,10 @@ static int conn_read(lua_State *L) {
     char *p = sx_prepbuffsize(&b, room);
     errno = 0;
     r = SSL_read(conn->ssl, p, (int)room);
-    if (r <= 0) break;
+    if (r <= 0) {
+      st = io_classify(conn, r);
+      break;
+    }
     luaL_addsize(&b, (size_t)r);
     got += (size_t)r;
     if (SSL_pending(conn->ssl) == 0) break;   /* what is decrypted and ready: no more */
@@ -253,7 +273,7 @@ static int conn_read(lua_State *L) {
     lua_pushliteral(L, "");
     return 1;
   }
-  n = push_io_result(L, conn, r);
+  n = push_io_result(L, conn, st);
   drive_end(conn);
   return n;
 }
@@ -284,7 +304,7 @@ static int conn_write(lua_State *L) {
     lua_pushinteger(L, r);
     return 1;
   }
-  n = push_io_result(L, conn, r);
+  n = push_io_result(L, conn, io_classify(conn, r));
   drive_end(conn);
   return n;
 }
@@ -296,7 +316,8 @@ static int conn_pending_plaintext(lua_State *L) {
 
 static int conn_shutdown(lua_State *L) {
   sx_conn *conn = drive_begin(L, "shutdown");
-  int r, n, err;
+  int r, n;
+  io_status st;
   errno = 0;
   r = SSL_shutdown(conn->ssl);
   if (r == 1 || (r == 0 && !conn->cb_failed)) {
@@ -306,15 +327,15 @@ static int conn_shutdown(lua_State *L) {
     lua_pushliteral(L, "want_read");
     return 2;
   }
-  err = SSL_get_error(conn->ssl, r);
-  if (err == SSL_ERROR_WANT_READ && !conn->cb_failed) {
+  st = io_classify(conn, r);
+  if (st.err == SSL_ERROR_WANT_READ && !conn->cb_failed) {
     ERR_clear_error();
     drive_end(conn);
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "want_read");
     return 2;
   }
-  n = push_io_result(L, conn, r);
+  n = push_io_result(L, conn, st);
   drive_end(conn);
   return n;
 }

@@ -1178,6 +1178,16 @@ static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
   }
 }
 
+/* Certificates and keys come as file names, PEM text, objects or (certificates) lists. */
+static void check_material(lua_State *L, int idx, const char *name, const char *object_mt) {
+  int t = lua_type(L, idx);
+  if (t == LUA_TSTRING || (t == LUA_TTABLE && object_mt == NULL)) return;
+  if (t == LUA_TUSERDATA && luaL_testudata(L, idx, object_mt != NULL ? object_mt : SX_X509_MT)) return;
+  luaL_argerror(L, 1, lua_pushfstring(L, "option '%s': file name, PEM text or %s expected, got %s",
+                                      name, object_mt != NULL ? object_mt : "sslctx.x509 (or a list)",
+                                      luaL_typename(L, idx)));
+}
+
 /* Applies the options that read files or keys; returns 3 with nil,msg,kind pushed on failure. */
 static int apply_material(lua_State *L, int obj, sx_ctx *c, int opts) {
   int has_trust = 0, names_from_trust = 1;
@@ -1206,6 +1216,7 @@ static int apply_material(lua_State *L, int obj, sx_ctx *c, int opts) {
     lua_pop(L, 1);
   }
   if (opt(L, opts, "ca")) {
+    check_material(L, -1, "ca", NULL);
     if (add_ca_certs(L, c, lua_gettop(L), names_from_trust) == 3) return 3;
     lua_pop(L, 1);
     has_trust = 1;
@@ -1222,10 +1233,12 @@ static int apply_material(lua_State *L, int obj, sx_ctx *c, int opts) {
     lua_pop(L, 1);
   }
   if (opt(L, opts, "certificate")) {
+    check_material(L, -1, "certificate", NULL);
     if (use_certificate(L, c, lua_gettop(L)) == 3) return 3;
     lua_pop(L, 1);
   }
   if (opt(L, opts, "key")) {
+    check_material(L, -1, "key", SX_PKEY_MT);
     if (use_private_key(L, c, obj, lua_gettop(L), 0) == 3) return 3;
     lua_pop(L, 1);
   }

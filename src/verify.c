@@ -426,7 +426,8 @@ static const char *const param_flag_names[] = {
   "no_check_time", NULL
 };
 static const unsigned long param_flag_bits[] = {
-  X509_V_FLAG_CRL_CHECK, X509_V_FLAG_CRL_CHECK_ALL, X509_V_FLAG_X509_STRICT,
+  /* as `openssl verify -crl_check_all`: checking all levels implies checking */
+  X509_V_FLAG_CRL_CHECK, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL, X509_V_FLAG_X509_STRICT,
   X509_V_FLAG_PARTIAL_CHAIN, X509_V_FLAG_TRUSTED_FIRST, X509_V_FLAG_NO_CHECK_TIME
 };
 
