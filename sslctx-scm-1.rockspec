@@ -38,9 +38,9 @@ build = {
       ["sslctx.core"] = {
          sources = {
             "src/core.c", "src/context.c", "src/connection.c", "src/verify.c",
-            "src/x509.c", "src/pkey.c", "src/session.c",
+            "src/x509.c", "src/pkey.c", "src/session.c", "src/bio.c",
          },
-         libraries = { "ssl", "crypto" },
+         libraries = { "ssl", "crypto", "dl" },
          incdirs = { "$(OPENSSL_INCDIR)" },
          libdirs = { "$(OPENSSL_LIBDIR)" },
       },

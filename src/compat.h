@@ -39,6 +39,11 @@ void *sx_compat_testudata(lua_State *L, int idx, const char *tname);
 int sx_compat_isinteger(lua_State *L, int idx);
 #endif
 
+/* An integer, or a float with an integral value (LuaSocket's getfd gives 3.0 on 5.3+). */
+#define sx_isintegral(L, i) \
+  (lua_type((L), (i)) == LUA_TNUMBER && \
+   (lua_isinteger((L), (i)) || lua_tonumber((L), (i)) == (lua_Number)(lua_Integer)lua_tonumber((L), (i))))
+
 /* Each object has exactly one Lua uservalue: a table holding the Lua values it keeps alive
  * (parent, callbacks, socket).  5.1 keeps it in the userdata's environment. */
 #if LUA_VERSION_NUM == 501

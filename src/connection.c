@@ -668,7 +668,7 @@ static void check_conn_options(lua_State *L, int opts) {
   while (lua_next(L, opts)) {
     lua_pop(L, 1);
     if (lua_type(L, -1) != LUA_TSTRING || sx_keyword_index(lua_tostring(L, -1), conn_option_names) < 0)
-      luaL_argerror(L, 1, lua_pushfstring(L, "unknown option '%s'",
+      luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'",
                                           lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
                                                                          : luaL_typename(L, -1)));
   }
@@ -680,11 +680,11 @@ static int conn_side_from(lua_State *L, sx_ctx *c, int opts) {
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     if (c->side == SX_BOTH)
-      luaL_argerror(L, 1, "a 'both' context needs opts.side ('client' or 'server')");
+      luaL_argerror(L, 2, "a 'both' context needs opts.side ('client' or 'server')");
     return c->side;
   }
   k = lua_type(L, -1) == LUA_TSTRING ? sx_keyword_index(lua_tostring(L, -1), side_names) : -1;
-  if (k < 0) luaL_argerror(L, 1, "option 'side': 'client' or 'server' expected");
+  if (k < 0) luaL_argerror(L, 2, "option 'side': 'client' or 'server' expected");
   lua_pop(L, 1);
   return k;
 }
@@ -692,22 +692,22 @@ static int conn_side_from(lua_State *L, sx_ctx *c, int opts) {
 static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts) {
   lua_getfield(L, opts, "fd");
   lua_getfield(L, opts, "socket");
-  if (!lua_isnil(L, -2) && !lua_isnil(L, -1)) luaL_argerror(L, 1, "give opts.fd or opts.socket, not both");
+  if (!lua_isnil(L, -2) && !lua_isnil(L, -1)) luaL_argerror(L, 2, "give opts.fd or opts.socket, not both");
   if (!lua_isnil(L, -2)) {
-    if (!lua_isinteger(L, -2) || lua_tointeger(L, -2) < 0)
-      luaL_argerror(L, 1, "option 'fd': a non-negative integer expected");
+    if (!sx_isintegral(L, -2) || lua_tointeger(L, -2) < 0)
+      luaL_argerror(L, 2, "option 'fd': a non-negative integer expected");
     conn->transport = SX_T_FD;
     conn->fd = (int)lua_tointeger(L, -2);
   } else if (!lua_isnil(L, -1)) {
     int s = lua_gettop(L);
     if (lua_type(L, s) != LUA_TUSERDATA && lua_type(L, s) != LUA_TTABLE)
-      luaL_argerror(L, 1, "option 'socket': a LuaSocket TCP object expected");
+      luaL_argerror(L, 2, "option 'socket': a LuaSocket TCP object expected");
     lua_getfield(L, s, "getfd");
-    if (!lua_isfunction(L, -1)) luaL_argerror(L, 1, "option 'socket': object has no getfd method");
+    if (!lua_isfunction(L, -1)) luaL_argerror(L, 2, "option 'socket': object has no getfd method");
     lua_pushvalue(L, s);
     lua_call(L, 1, 1);
-    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
-      luaL_argerror(L, 1, "option 'socket': the socket is closed (getfd gave no descriptor)");
+    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 0)
+      luaL_argerror(L, 2, "option 'socket': the socket is closed (getfd gave no descriptor)");
     conn->transport = SX_T_SOCKET;
     conn->fd = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
@@ -721,15 +721,15 @@ static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts) {
   }
   lua_pop(L, 2);
   lua_getfield(L, opts, "close");
-  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_argerror(L, 1, "option 'close': boolean expected");
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_argerror(L, 2, "option 'close': boolean expected");
   conn->close_transport = lua_isnil(L, -1) || lua_toboolean(L, -1);
   lua_pop(L, 1);
   lua_getfield(L, opts, "buffer_limit");
   if (!lua_isnil(L, -1)) {
-    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1)
-      luaL_argerror(L, 1, "option 'buffer_limit': a positive integer expected");
+    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 1)
+      luaL_argerror(L, 2, "option 'buffer_limit': a positive integer expected");
     if (conn->transport != SX_T_MEMORY)
-      luaL_argerror(L, 1, "option 'buffer_limit' is for the memory transport");
+      luaL_argerror(L, 2, "option 'buffer_limit' is for the memory transport");
     conn->buffer_limit = (size_t)lua_tointeger(L, -1);
   }
   lua_pop(L, 1);
@@ -748,9 +748,10 @@ static void attach_transport(lua_State *L, sx_conn *conn) {
     BIO_set_mem_eof_return(conn->rbio, -1);   /* empty means "not yet", until feed(nil) */
     BIO_set_mem_eof_return(conn->wbio, -1);
     SSL_set_bio(conn->ssl, conn->rbio, conn->wbio);
-  } else if (!SSL_set_fd(conn->ssl, conn->fd)) {
-    sx_push_error(L, "SSL_set_fd", "ssl");
-    lua_error(L);
+  } else {
+    BIO *b = sx_fd_bio_new(conn->fd);
+    if (b == NULL) luaL_error(L, "out of memory");
+    SSL_set_bio(conn->ssl, b, b);   /* one reference, owned by the SSL */
   }
 }
 
@@ -760,7 +761,7 @@ static void setup_hostname(lua_State *L, sx_conn *conn, int opts, const char **h
   int verify_hostname = 1;
   lua_getfield(L, opts, "verify_hostname");
   if (!lua_isnil(L, -1)) {
-    if (!lua_isboolean(L, -1)) luaL_argerror(L, 1, "option 'verify_hostname': boolean expected");
+    if (!lua_isboolean(L, -1)) luaL_argerror(L, 2, "option 'verify_hostname': boolean expected");
     verify_hostname = lua_toboolean(L, -1);
   }
   lua_pop(L, 1);
@@ -769,22 +770,22 @@ static void setup_hostname(lua_State *L, sx_conn *conn, int opts, const char **h
   if (lua_isnil(L, -1)) {
     if (conn->side == SX_CLIENT && (conn->policy.mode & SSL_VERIFY_PEER) && verify_hostname &&
         X509_VERIFY_PARAM_get0_host(param, 0) == NULL && !conn_ctx(conn)->params_identity)
-      luaL_argerror(L, 1, "a verifying client needs opts.hostname (or a host/ip verification "
+      luaL_argerror(L, 2, "a verifying client needs opts.hostname (or a host/ip verification "
                           "parameter, or verify_hostname = false)");
     return;
   }
   if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
-    luaL_argerror(L, 1, "option 'hostname': a non-empty string expected");
-  if (conn->side != SX_CLIENT) luaL_argerror(L, 1, "option 'hostname' is for client connections");
+    luaL_argerror(L, 2, "option 'hostname': a non-empty string expected");
+  if (conn->side != SX_CLIENT) luaL_argerror(L, 2, "option 'hostname' is for client connections");
   *hostname = lua_tostring(L, -1);
   if (sx_is_ip_literal(*hostname)) {
     if (verify_hostname && !X509_VERIFY_PARAM_set1_ip_asc(param, *hostname))
-      luaL_argerror(L, 1, "option 'hostname': invalid IP address");
+      luaL_argerror(L, 2, "option 'hostname': invalid IP address");
   } else {
     if (!SSL_set_tlsext_host_name(conn->ssl, *hostname))
-      luaL_argerror(L, 1, "option 'hostname': invalid server name");
+      luaL_argerror(L, 2, "option 'hostname': invalid server name");
     if (verify_hostname && !SSL_set1_host(conn->ssl, *hostname))
-      luaL_argerror(L, 1, "option 'hostname': invalid host name");
+      luaL_argerror(L, 2, "option 'hostname': invalid host name");
   }
 }
 
@@ -803,7 +804,7 @@ static void setup_client_session(lua_State *L, sx_conn *conn, sx_ctx *c, int opt
     return;
   }
   s = sx_session_test(L, -1);
-  if (s == NULL) luaL_argerror(L, 1, "option 'session': an sslctx.session expected");
+  if (s == NULL) luaL_argerror(L, 2, "option 'session': an sslctx.session expected");
   {
     unsigned int len = 0;
     const unsigned char *have = SSL_SESSION_get0_id_context(s, &len);

@@ -473,7 +473,7 @@ static int ctx_set_max_version(lua_State *L) {
 }
 
 static int set_security_level(lua_State *L, sx_ctx *c, int idx, sx_where w) {
-  if (!lua_isinteger(L, idx) || lua_tointeger(L, idx) < 0 || lua_tointeger(L, idx) > 5)
+  if (!sx_isintegral(L, idx) || lua_tointeger(L, idx) < 0 || lua_tointeger(L, idx) > 5)
     return sx_where_error(L, w, "security level must be an integer from 0 to 5");
   SSL_CTX_set_security_level(c->ctx, (int)lua_tointeger(L, idx));
   mark_policy_changed(c);   /* the auth level is part of what verification decides */
@@ -899,7 +899,7 @@ static int ctx_set_session_callback(lua_State *L) {
 }
 
 static int set_cache_size(lua_State *L, sx_ctx *c, int idx, sx_where w) {
-  if (!lua_isinteger(L, idx) || lua_tointeger(L, idx) < 0)
+  if (!sx_isintegral(L, idx) || lua_tointeger(L, idx) < 0)
     return sx_where_error(L, w, "session cache size must be a non-negative integer");
   SSL_CTX_sess_set_cache_size(c->ctx, (long)lua_tointeger(L, idx));
   return 0;
@@ -1104,7 +1104,7 @@ static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
     lua_pop(L, 2);
   }
   if (opt(L, opts, "verify_depth")) {
-    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 100)
+    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 100)
       luaL_argerror(L, 1, "option 'verify_depth': an integer from 0 to 100 expected");
     SSL_CTX_set_verify_depth(c->ctx, (int)lua_tointeger(L, -1));
     lua_pop(L, 1);

@@ -181,6 +181,7 @@ void sx_ctx_policy_digest(lua_State *L, sx_ctx *c, const sx_policy *p, X509_VERI
 void sx_ctx_refresh_sid(lua_State *L, sx_ctx *c);
 
 void sx_connection_open(lua_State *L);
+BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */
 sx_conn *sx_conn_check(lua_State *L, int arg);
 
 void sx_session_open(lua_State *L);

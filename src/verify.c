@@ -34,7 +34,7 @@ static const struct {
 
 static int parse_integer_mode(lua_State *L, int idx, sx_where w) {
   lua_Integer v;
-  if (!lua_isinteger(L, idx)) return sx_where_error(L, w, "mode number must be an integer");
+  if (!sx_isintegral(L, idx)) return sx_where_error(L, w, "mode number must be an integer");
   v = lua_tointeger(L, idx);
   if (v < 0 || (v & ~(lua_Integer)ALL_MODE_BITS) != 0)
     return sx_where_error(L, w, lua_pushfstring(L, "invalid verify flags %d (allowed bits: 1, 2, "
@@ -62,7 +62,7 @@ static int parse_keyword_mode(lua_State *L, int idx, int side, sx_where w) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {   /* every entry, so that non-sequence keys are caught too */
     lua_pop(L, 1);
-    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > n)
+    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > n)
       return sx_where_error(L, w, "mode table must be a list of keywords");
   }
   for (i = 1; i <= n; i++) {
@@ -487,7 +487,7 @@ void sx_set_verify_params(lua_State *L, X509_VERIFY_PARAM *param, int idx, sx_wh
   check_param_keys(L, idx, w);
   lua_getfield(L, idx, "time");
   has_time = !lua_isnil(L, -1);
-  if (has_time && !lua_isinteger(L, -1)) sx_where_error(L, w, "time must be an integer (epoch)");
+  if (has_time && !sx_isintegral(L, -1)) sx_where_error(L, w, "time must be an integer (epoch)");
   when = lua_tointeger(L, -1);
   lua_getfield(L, idx, "flags");
   has_flags = !lua_isnil(L, -1);
@@ -501,7 +501,7 @@ void sx_set_verify_params(lua_State *L, X509_VERIFY_PARAM *param, int idx, sx_wh
   }
   lua_getfield(L, idx, "depth");
   if (!lua_isnil(L, -1)) {
-    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 100)
+    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 100)
       sx_where_error(L, w, "depth must be an integer from 0 to 100");
     depth = lua_tointeger(L, -1);
   }

@@ -1,0 +1,118 @@
+/* bio.c: the fd transport's BIO.  OpenSSL's socket BIO writes with write(2), which raises
+ * SIGPIPE on a socket the peer has closed and kills a Lua process that did not ignore it;
+ * this one sends with MSG_NOSIGNAL, and falls back to read/write for non-sockets (pipes). */
+#define _GNU_SOURCE 1
+#include <errno.h>
+#include <unistd.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <openssl/bio.h>
+#include "private.h"
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0
+#endif
+
+typedef struct fd_bio {
+  int fd;
+  int not_socket;   /* send/recv said ENOTSOCK once: use write/read */
+} fd_bio;
+
+static int retryable(int e) {
+  return e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == EINPROGRESS || e == EALREADY;
+}
+
+/* send/recv on sockets; read/write once the descriptor turns out not to be one. */
+static ssize_t fd_send(fd_bio *f, const char *buf, size_t len) {
+  if (!f->not_socket) {
+    ssize_t n = send(f->fd, buf, len, MSG_NOSIGNAL);
+    if (n >= 0 || errno != ENOTSOCK) return n;
+    f->not_socket = 1;
+  }
+  return write(f->fd, buf, len);
+}
+
+static ssize_t fd_recv(fd_bio *f, char *buf, size_t len) {
+  if (!f->not_socket) {
+    ssize_t n = recv(f->fd, buf, len, 0);
+    if (n >= 0 || errno != ENOTSOCK) return n;
+    f->not_socket = 1;
+  }
+  return read(f->fd, buf, len);
+}
+
+static int fd_bio_write(BIO *b, const char *buf, int len) {
+  ssize_t n;
+  BIO_clear_retry_flags(b);
+  n = fd_send((fd_bio *)BIO_get_data(b), buf, (size_t)len);
+  if (n < 0 && retryable(errno)) BIO_set_retry_write(b);
+  return (int)n;
+}
+
+static int fd_bio_read(BIO *b, char *buf, int len) {
+  ssize_t n;
+  BIO_clear_retry_flags(b);
+  if (buf == NULL || len <= 0) return 0;
+  n = fd_recv((fd_bio *)BIO_get_data(b), buf, (size_t)len);
+  if (n < 0 && retryable(errno)) BIO_set_retry_read(b);
+  if (n == 0) BIO_set_flags(b, BIO_FLAGS_IN_EOF);
+  return (int)n;
+}
+
+static int fd_bio_puts(BIO *b, const char *s) {
+  size_t n = 0;
+  while (s[n] != '\0') n++;
+  return fd_bio_write(b, s, (int)n);
+}
+
+static long fd_bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  fd_bio *f = (fd_bio *)BIO_get_data(b);
+  (void)num;
+  switch (cmd) {
+  case BIO_CTRL_FLUSH: return 1;
+  case BIO_C_GET_FD:
+    if (ptr != NULL) *(int *)ptr = f->fd;
+    return f->fd;
+  case BIO_CTRL_EOF: return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
+  default: return 0;
+  }
+}
+
+static int fd_bio_create(BIO *b) {
+  fd_bio *f = (fd_bio *)OPENSSL_zalloc(sizeof *f);
+  if (f == NULL) return 0;
+  f->fd = -1;
+  BIO_set_data(b, f);
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static int fd_bio_destroy(BIO *b) {
+  OPENSSL_free(BIO_get_data(b));   /* the fd is the connection's to close */
+  BIO_set_data(b, NULL);
+  return 1;
+}
+
+static BIO_METHOD *fd_method = NULL;
+static CRYPTO_ONCE fd_method_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void fd_method_init(void) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+                               "sslctx fd");
+  if (m == NULL) return;
+  BIO_meth_set_write(m, fd_bio_write);
+  BIO_meth_set_read(m, fd_bio_read);
+  BIO_meth_set_puts(m, fd_bio_puts);
+  BIO_meth_set_ctrl(m, fd_bio_ctrl);
+  BIO_meth_set_create(m, fd_bio_create);
+  BIO_meth_set_destroy(m, fd_bio_destroy);
+  fd_method = m;   /* process-wide and never freed: BIOs of any Lua state may use it */
+}
+
+BIO *sx_fd_bio_new(int fd) {
+  BIO *b;
+  if (!CRYPTO_THREAD_run_once(&fd_method_once, fd_method_init) || fd_method == NULL) return NULL;
+  b = BIO_new(fd_method);
+  if (b != NULL) ((fd_bio *)BIO_get_data(b))->fd = fd;
+  return b;
+}
