@@ -245,14 +245,25 @@ static int conn_read(lua_State *L) {
   int r = 0, n;
   io_status st = {0, 0};
   luaL_Buffer b;
+  int errslot;
   luaL_argcheck(L, want >= 0, 2, "byte count must not be negative");
   limit = want > 0 ? (size_t)want : (size_t)-1;
+  /* A callback that fails inside SSL_read (post-handshake auth, a session ticket) leaves its
+   * message on top of the stack, where the luaL_Buffer must be: it moves to this slot. */
+  lua_pushnil(L);
+  errslot = lua_gettop(L);
   luaL_buffinit(L, &b);
   while (got < limit) {
     size_t room = limit - got < READ_CHUNK ? limit - got : READ_CHUNK;
     char *p = sx_prepbuffsize(&b, room);
     errno = 0;
     r = SSL_read(conn->ssl, p, (int)room);
+    if (conn->cb_failed && conn->cb_err_index != errslot) {
+      st = io_classify(conn, r);
+      lua_replace(L, errslot);
+      conn->cb_err_index = errslot;
+      break;
+    }
     if (r <= 0) {
       st = io_classify(conn, r);
       break;
