@@ -114,6 +114,36 @@ describe("server modes", function()
   end
 end)
 
+-- Regression: a finalizer running inside a failing call (e.g. while the result string is
+-- allocated) must not empty OpenSSL's error queue, or a fatal alert is misreported as
+-- "closed" (SSL_get_error's ZERO_RETURN).  "closed" is only for close_notify (API.md kinds).
+describe("error classification under garbage collection", function()
+  it("a TLS 1.3 rejection alert is always 'ssl', with finalizers running", function()
+    local pause = collectgarbage("setpause", 1)
+    local stepmul = collectgarbage("setstepmul", 1000)
+    local ok, err = pcall(function()
+      for i = 1, 40 do
+        -- garbage: finished connections whose finalizers send close_notify
+        for _ = 1, 2 do
+          local gc, gs = helper.connected(helper.client_ctx(), helper.server_ctx())
+          gc, gs = nil, nil
+        end
+        local cctx, sctx = helper.contexts{ client = pin("tls1.3"),
+                                            server = pin("tls1.3", { verify = "require" }) }
+        local c, _, cok, cmsg, _, sok, smsg, skind = helper.connect(cctx, sctx)
+        assert(cok == true, cmsg)
+        assert(sok == nil and skind == "verify", "round " .. i .. ": " .. tostring(smsg))
+        local data, msg, kind = c:read()
+        assert(data == nil and kind == "ssl",
+               "round " .. i .. ": read gave " .. tostring(kind) .. " (" .. tostring(msg) .. ")")
+      end
+    end)
+    collectgarbage("setpause", pause)
+    collectgarbage("setstepmul", stepmul)
+    assert(ok, err)
+  end)
+end)
+
 describe("client modes", function()
   local SERVERS = {
     good = { chain = "server-chain.pem", key = "server.key", leaf = "server.pem" },
