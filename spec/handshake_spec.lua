@@ -682,6 +682,30 @@ describe("sessions", function()
       end)
     end
 
+    it("a server connection whose mode was overridden does not share sessions with the context's policy", function()
+      local sctx = helper.server_ctx({ verify = "always" })
+      local cctx = verifying_pair("tls1.3", sctx)
+      -- the session is made on a connection overridden to "require"
+      local c1 = cctx:new_connection({ hostname = "localhost" })
+      local s1 = sctx:new_connection()
+      s1:set_verification_mode("server", "require")
+      local cok, cmsg, _, sok, smsg = helper.pump(c1, s1)
+      assert.is_true(cok, cmsg)
+      assert.is_true(sok, smsg)
+      c1:read()
+      local sess = assert(c1:session())
+      -- control: another connection with the same override resumes it
+      local c2 = cctx:new_connection({ hostname = "localhost", session = sess })
+      local s2 = sctx:new_connection()
+      s2:set_verification_mode("server", "require")
+      assert.is_true((helper.pump(c2, s2)))
+      assert.is_true(s2:session_reused())
+      -- a connection under the context's own policy ("always") does not
+      local c3, s3 = helper.connected(cctx, sctx, { session = sess })
+      assert.is_false(c3:session_reused())
+      assert.is_false(s3:session_reused())
+    end)
+
     -- Two independent contexts never share a session cache or ticket keys, so "a context
     -- with policy B does not resume policy A's session" is only observable when the same
     -- connection starts on A and is switched to B by the servername callback (§2: the
