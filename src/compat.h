@@ -126,13 +126,19 @@ int sx_compat_is_ip_literal(const char *s);
 
 /* ---- added for pkey.c ---------------------------------------------------- */
 /* EVP_PKEY_cmp is deprecated in 3.0 (EVP_PKEY_eq replaces it); a key type that only a 3.x
- * provider knows has no NID, only a name. */
+ * provider knows has no NID, only a name.  1.1.1 "encodes" an RSA public key as a private
+ * one (the missing private fields are just left out), so there a public-only RSA key must
+ * be recognised by its missing d (needs <openssl/rsa.h>); 3.x refuses the encoding. */
 #if SX_OPENSSL3
 #define sx_pkey_eq(a, b) EVP_PKEY_eq((a), (b))
 #define sx_pkey_provider_type_name(k) EVP_PKEY_get0_type_name(k)
+#define sx_pkey_is_public_rsa(k) 0
 #else
 #define sx_pkey_eq(a, b) EVP_PKEY_cmp((a), (b))
 #define sx_pkey_provider_type_name(k) ((const char *)NULL)
+#define sx_pkey_is_public_rsa(k)                                                   \
+  ((EVP_PKEY_base_id(k) == EVP_PKEY_RSA || EVP_PKEY_base_id(k) == EVP_PKEY_RSA_PSS) && \
+   RSA_get0_d(EVP_PKEY_get0_RSA(k)) == NULL)
 #endif
 
 #endif
