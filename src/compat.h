@@ -12,8 +12,10 @@
 #if LUA_VERSION_NUM == 501
 #define LUA_OK 0
 #define lua_rawlen(L, i) lua_objlen((L), (i))
+#ifndef luaL_newlib   /* LuaJIT 2.1 has these */
 #define luaL_newlibtable(L, l) lua_createtable((L), 0, sizeof(l) / sizeof((l)[0]) - 1)
 #define luaL_newlib(L, l) (luaL_newlibtable((L), (l)), luaL_setfuncs((L), (l), 0))
+#endif
 /* LuaJIT 2.1 already has these two. */
 #ifndef LUAJIT_VERSION_NUM
 void sx_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup);

@@ -35,6 +35,10 @@ static void send_close_notify(sx_conn *conn) {
  * caller (it needs Lua); a raw fd is closed here. */
 static void conn_release(sx_conn *conn) {
   if (conn->ssl == NULL) return;
+  if (conn->borrowed) {
+    sx_hook_detach(conn);
+    return;
+  }
   send_close_notify(conn);
   SSL_set_ex_data(conn->ssl, sx_ssl_ex_index, NULL);
   SSL_free(conn->ssl);   /* frees the memory BIOs too */
@@ -69,6 +73,8 @@ static int conn_gc(lua_State *L) {
 static int conn_close(lua_State *L) {
   sx_conn *conn = conn_check_any(L, 1);
   int was_socket;
+  if (conn->borrowed && conn->ssl != NULL)
+    return luaL_error(L, "close on a borrowed connection: its owner frees it");
   if (conn->in_callback) return luaL_error(L, "close called from inside this connection's own callback");
   was_socket = conn->ssl != NULL && conn->transport == SX_T_SOCKET && conn->close_transport;
   conn_release(conn);
@@ -89,6 +95,8 @@ static int conn_tostring(lua_State *L) {
  * callbacks run there, and refuses to run from inside the connection's own callback. */
 static sx_conn *drive_begin(lua_State *L, const char *what) {
   sx_conn *conn = sx_conn_check(L, 1);
+  if (conn->borrowed)
+    luaL_error(L, "%s on a borrowed connection: its owner drives it", what);
   if (conn->in_callback)
     luaL_error(L, "%s called from inside this connection's own callback", what);
   luaL_checkstack(L, 16, "sslctx: no stack space for callbacks");
@@ -576,6 +584,7 @@ static int conn_check_side(lua_State *L, sx_conn *conn, int arg) {
 
 static int conn_set_verification_mode(lua_State *L) {
   sx_conn *conn = sx_conn_check(L, 1);
+  lua_settop(L, 4);   /* an omitted callback is nil, at a fixed slot */
   int side = conn_check_side(L, conn, 2);
   sx_where mw = {3, NULL}, cw = {4, NULL};
   int mode;
@@ -591,7 +600,7 @@ static int conn_set_verification_mode(lua_State *L) {
     lua_pop(L, 1);
   }
   conn->policy.mode = mode;
-  sx_apply_verify(conn->ssl, &conn->policy);
+  sx_apply_verify(conn->ssl, &conn->policy, conn->soft_fail);
   conn_policy_changed(L, conn);
   lua_pushinteger(L, mode);
   return 1;
@@ -668,7 +677,137 @@ static int conn_verify_client_post_handshake(lua_State *L) {
   return 1;
 }
 
+/* ---- per-connection trust and session policy ----------------------------- */
+
+/* conn:set_trust{ca_file = path, ca = pem} -> true | nil, msg, kind: a trust store and a
+ * client-CA list of this connection's own (a borrowed one verifies against it instead of its
+ * owner's). */
+static int conn_set_trust(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  X509_STORE *store;
+  STACK_OF(X509_NAME) *names;
+  const char *file;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_getfield(L, 2, "ca_file");
+  lua_getfield(L, 2, "ca");
+  if (lua_isnil(L, 3) && lua_isnil(L, 4)) return luaL_argerror(L, 2, "'ca_file' or 'ca' expected");
+  if (!lua_isnil(L, 3) && lua_type(L, 3) != LUA_TSTRING) return luaL_argerror(L, 2, "'ca_file' must be a string");
+  file = lua_tostring(L, 3);
+  store = X509_STORE_new();
+  names = sk_X509_NAME_new_null();
+  if (store == NULL || names == NULL) {
+    X509_STORE_free(store);
+    sk_X509_NAME_free(names);
+    return luaL_error(L, "out of memory");
+  }
+  ERR_clear_error();
+  if (file != NULL) {
+    STACK_OF(X509_NAME) *from_file;
+    if (!X509_STORE_load_locations(store, file, NULL)) {
+      X509_STORE_free(store);
+      sk_X509_NAME_free(names);
+      return sx_push_error(L, lua_pushfstring(L, "trust file '%s'", file), "file");
+    }
+    from_file = SSL_load_client_CA_file(file);
+    while (from_file != NULL && sk_X509_NAME_num(from_file) > 0) sk_X509_NAME_push(names, sk_X509_NAME_shift(from_file));
+    sk_X509_NAME_free(from_file);
+    ERR_clear_error();
+  }
+  if (!lua_isnil(L, 4)) {
+    STACK_OF(X509) *certs = sx_load_certs(L, 4, "ca");
+    int i;
+    if (certs == NULL) {
+      X509_STORE_free(store);
+      sk_X509_NAME_pop_free(names, X509_NAME_free);
+      return 3;
+    }
+    for (i = 0; i < sk_X509_num(certs); i++) {
+      X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(sk_X509_value(certs, i)));
+      X509_STORE_add_cert(store, sk_X509_value(certs, i));
+      if (nm != NULL && !sk_X509_NAME_push(names, nm)) X509_NAME_free(nm);
+    }
+    sk_X509_pop_free(certs, X509_free);
+    ERR_clear_error();
+  }
+  SSL_set0_verify_cert_store(conn->ssl, store);   /* takes ownership */
+  SSL_set_client_CA_list(conn->ssl, names);       /* takes ownership */
+  conn_policy_changed(L, conn);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:set_soft_fail(bool): verification failures are recorded, not fatal (a missing
+ * certificate too); callback errors still fail the handshake. */
+static int conn_set_soft_fail(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  luaL_checktype(L, 2, LUA_TBOOLEAN);
+  conn->soft_fail = lua_toboolean(L, 2);
+  sx_apply_verify(conn->ssl, &conn->policy, conn->soft_fail);
+  return 0;
+}
+
+static int conn_set_session_id_context(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, len <= SSL_MAX_SID_CTX_LENGTH, 2, "session id context longer than 32 bytes");
+  SSL_set_session_id_context(conn->ssl, (const unsigned char *)s, (unsigned)len);
+  return 0;
+}
+
+/* conn:set_policy(name): a session id context naming a policy, so sessions resume only under
+ * the policy (any length of name; it is hashed). */
+static int conn_set_policy(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  size_t len;
+  const char *name = luaL_checklstring(L, 2, &len);
+  unsigned char sid[32];
+  sx_digest d;
+  sx_digest_init(&d);
+  sx_digest_update(&d, "sslctx-policy-name", 19);
+  sx_digest_update(&d, name, len);
+  if (!sx_digest_final(&d, sid)) return luaL_error(L, "out of memory");
+  SSL_set_session_id_context(conn->ssl, sid, sizeof sid);
+  return 0;
+}
+
+/* conn:set_logger(fn(message)): where a borrowed connection's callback errors go. */
+static int conn_set_logger(lua_State *L) {
+  sx_conn_check(L, 1);
+  if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  sx_getuv(L, 1);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "logger");
+  return 0;
+}
+
+static int conn_is_borrowed(lua_State *L) {
+  lua_pushboolean(L, sx_conn_check(L, 1)->borrowed);
+  return 1;
+}
+
 /* ---- creation ----------------------------------------------------------- */
+
+/* Pushes a connection object over someone else's SSL (hook.c keeps it anchored). */
+sx_conn *sx_conn_new_borrowed(lua_State *L, SSL *ssl, lua_State *thread) {
+  sx_conn *conn = (sx_conn *)sx_newuserdata(L, sizeof(sx_conn));
+  memset(conn, 0, sizeof *conn);
+  conn->fd = -1;
+  luaL_setmetatable(L, SX_CONN_MT);
+  lua_newtable(L);
+  sx_setuv(L, -2);
+  conn->ssl = ssl;
+  conn->borrowed = 1;
+  conn->transport = SX_T_BORROWED;
+  conn->side = SSL_is_server(ssl) ? SX_SERVER : SX_CLIENT;
+  conn->policy.mode = SSL_get_verify_mode(ssl);
+  conn->L = thread;   /* no driving calls: callbacks run on the module's thread */
+  SSL_set_ex_data(ssl, sx_ssl_ex_index, conn);
+  sx_objects_set(L, conn, -1);
+  return conn;
+}
+
 
 static const char *const conn_option_names[] = {
   "fd", "socket", "close", "side", "session", "buffer_limit", "hostname", "verify_hostname", NULL
@@ -868,7 +1007,7 @@ int sx_connection_new(lua_State *L) {
   sx_objects_set(L, conn, obj);
   if (side == SX_CLIENT) SSL_set_connect_state(conn->ssl);
   else SSL_set_accept_state(conn->ssl);
-  sx_apply_verify(conn->ssl, &conn->policy);
+  sx_apply_verify(conn->ssl, &conn->policy, conn->soft_fail);
   attach_transport(L, conn);
   setup_hostname(L, conn, opts, &hostname);
   if (side == SX_CLIENT) setup_client_session(L, conn, c, opts, hostname);
@@ -907,6 +1046,12 @@ void sx_connection_open(lua_State *L) {
     {"side", conn_side},
     {"context", conn_context},
     {"getfd", conn_getfd},
+    {"set_trust", conn_set_trust},
+    {"set_soft_fail", conn_set_soft_fail},
+    {"set_session_id_context", conn_set_session_id_context},
+    {"set_policy", conn_set_policy},
+    {"set_logger", conn_set_logger},
+    {"is_borrowed", conn_is_borrowed},
     {NULL, NULL}
   };
   static const luaL_Reg meta[] = {

@@ -171,6 +171,7 @@ static void ctx_set_policy(lua_State *L, int obj, sx_ctx *c, int side, int mode_
 
 static int ctx_set_verification_mode(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
+  lua_settop(L, 4);   /* an omitted callback is nil, at a fixed slot */
   int side = check_side(L, 2);
   sx_where mw = {3, NULL}, cw = {4, NULL};
   if (lua_isnone(L, 3)) return luaL_argerror(L, 3, "mode expected");
@@ -948,7 +949,7 @@ static void switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx) 
   sx_ctx_refresh_sid(L, nc);
   SSL_set_SSL_CTX(ssl, nc->ctx);
   conn->policy = nc->policy[SX_SERVER];
-  sx_apply_verify(ssl, &conn->policy);
+  sx_apply_verify(ssl, &conn->policy, conn->soft_fail);
   X509_VERIFY_PARAM_set_inh_flags(param, X509_VP_FLAG_OVERWRITE | X509_VP_FLAG_RESET_FLAGS);
   X509_VERIFY_PARAM_set1(param, SSL_CTX_get0_param(nc->ctx));
   X509_VERIFY_PARAM_set_inh_flags(param, 0);

@@ -1,7 +1,9 @@
 /* core.c: the module entry point and what every object file shares: class registration,
  * the per-state object map, error reporting and keyword parsing. */
+#define _GNU_SOURCE 1   /* dladdr, RTLD_NODELETE */
 #include <string.h>
 #include <ctype.h>
+#include <dlfcn.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/evp.h>
@@ -250,6 +252,15 @@ static void check_runtime_version(lua_State *L) {
                OPENSSL_VERSION_TEXT, OpenSSL_version(OPENSSL_VERSION));
 }
 
+/* Callbacks, BIO methods and ex_data free functions registered with OpenSSL point into this
+ * library, and OpenSSL outlives any Lua state (nginx closes its VM on reload): the library
+ * must never be unloaded. */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)&pin_module, &info) && info.dli_fname != NULL)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE);
+}
+
 int luaopen_sslctx_core(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"new", sx_context_new},
@@ -258,9 +269,11 @@ int luaopen_sslctx_core(lua_State *L) {
     {"pkey", sx_pkey_new},
     {"crl", sx_crl_new},
     {"openssl_version", l_openssl_version},
+    {"borrow", sx_hook_borrow},
     {NULL, NULL}
   };
   check_runtime_version(L);
+  pin_module();
   if (!OPENSSL_init_ssl(0, NULL)) luaL_error(L, "sslctx: OpenSSL failed to initialise");
   CRYPTO_THREAD_run_once(&ex_once, ex_indices_init);
   if (sx_ssl_ex_index < 0 || sx_ctx_ex_index < 0)

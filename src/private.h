@@ -63,7 +63,7 @@ typedef struct sx_ctx {
 
 /* ---- connection --------------------------------------------------------- */
 
-enum { SX_T_MEMORY = 0, SX_T_FD, SX_T_SOCKET };
+enum { SX_T_MEMORY = 0, SX_T_FD, SX_T_SOCKET, SX_T_BORROWED };
 
 typedef struct sx_conn {
   SSL *ssl;                     /* NULL once closed */
@@ -85,6 +85,8 @@ typedef struct sx_conn {
   int verify_pending_reject;    /* client "never": a callback failed, abort the handshake */
   int pha_requested;            /* verify_client_post_handshake was called */
   int input_ended;              /* memory transport: feed(nil) was called */
+  int borrowed;                 /* someone else's SSL (hook.c): never driven or freed here */
+  int soft_fail;                /* verification failures are recorded, not fatal */
   X509 *first_peer;             /* the first handshake's peer certificate ("once") */
 } sx_conn;
 
@@ -162,7 +164,7 @@ int sx_parse_mode(lua_State *L, int idx, int side, sx_where w);
 void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb);
 int sx_push_mode(lua_State *L, int mode, int side);   /* flags, integer[, preset] */
 int sx_verify_trampoline(int ok, X509_STORE_CTX *store);
-void sx_apply_verify(SSL *ssl, const sx_policy *p);
+void sx_apply_verify(SSL *ssl, const sx_policy *p, int soft_fail);
 void sx_set_verify_params(lua_State *L, X509_VERIFY_PARAM *param, int idx, sx_where w,
                           int *flags_explicit, unsigned char digest[32]);
 /* Runs helper(data) protected on conn->L, the thread driving the connection, with the
@@ -182,6 +184,13 @@ void sx_ctx_refresh_sid(lua_State *L, sx_ctx *c);
 
 void sx_connection_open(lua_State *L);
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */
+sx_conn *sx_conn_new_borrowed(lua_State *L, SSL *ssl, lua_State *thread);  /* pushes it */
+
+/* hook.c: borrowed connections */
+int sx_hook_borrow(lua_State *L);
+void sx_hook_detach(sx_conn *conn);
+void sx_hook_clear_request(lua_State *L);
+void sx_hook_report(sx_conn *conn, int base);
 sx_conn *sx_conn_check(lua_State *L, int arg);
 
 void sx_session_open(lua_State *L);

@@ -208,11 +208,20 @@ void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb) {
   }
 }
 
-void sx_apply_verify(SSL *ssl, const sx_policy *p) {
+/* Soft fail lets every handshake finish with the verdict recorded: the trampoline wraps
+ * whatever callback there is, and a missing certificate is not fatal. */
+void sx_apply_verify(SSL *ssl, const sx_policy *p, int soft_fail) {
   sx_verify_fn fn = NULL;
-  if (p->cb.kind == SX_CB_LUA) fn = sx_verify_trampoline;
-  else if (p->cb.kind == SX_CB_C) fn = p->cb.fn;
-  SSL_set_verify(ssl, p->mode, fn);
+  int mode = p->mode;
+  if (soft_fail) {
+    fn = sx_verify_trampoline;
+    mode &= ~SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+  } else if (p->cb.kind == SX_CB_LUA) {
+    fn = sx_verify_trampoline;
+  } else if (p->cb.kind == SX_CB_C) {
+    fn = p->cb.fn;
+  }
+  SSL_set_verify(ssl, mode, fn);
 }
 
 /* ---- shipped C callbacks (trusted native code) ------------------------- */
@@ -376,24 +385,28 @@ static int verify_helper(lua_State *L) {
 
 /* A callback failed: reject this step and make sure OpenSSL acts on the rejection even where
  * the mode would make it ignore it (a client under "never"). */
-static int fail_closed(sx_conn *conn, SSL *ssl, X509_STORE_CTX *store) {
+static int fail_closed(SSL *ssl, X509_STORE_CTX *store) {
   X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
   if (!(SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER))
     SSL_set_verify(ssl, SSL_get_verify_mode(ssl) | SSL_VERIFY_PEER, SSL_get_verify_callback(ssl));
-  (void)conn;
   return 0;
 }
 
-int sx_verify_trampoline(int ok, X509_STORE_CTX *store) {
-  SSL *ssl = (SSL *)X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
-  sx_conn *conn = ssl != NULL ? (sx_conn *)SSL_get_ex_data(ssl, sx_ssl_ex_index) : NULL;
+/* The verdict of the connection's callback for this step: 1 accept, 0 reject. */
+static int run_callback(sx_conn *conn, SSL *ssl, int ok, X509_STORE_CTX *store) {
   verify_call vc;
-  int done;
-  if (conn == NULL || conn->L == NULL || conn->cb_failed) {
+  int done, base = 0;
+  if (conn->policy.cb.kind == SX_CB_C) return conn->policy.cb.fn(ok, store);
+  if (conn->policy.cb.kind != SX_CB_LUA) return ok;
+  if (conn->L == NULL || conn->cb_failed) {
     X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;   /* no thread to run Lua on, or already failed: fail closed */
   }
   if (conn->retry_verify) return 1;   /* RETRY asked: let this pass end, it will be rerun */
+  if (conn->borrowed) {
+    base = lua_gettop(conn->L);
+    sx_hook_clear_request(conn->L);
+  }
   vc.conn = conn;
   vc.store = store;
   vc.ok = ok;
@@ -401,7 +414,8 @@ int sx_verify_trampoline(int ok, X509_STORE_CTX *store) {
   vc.ud = NULL;
   done = sx_callback_run(conn, "verify", verify_helper, &vc);
   if (vc.ud != NULL) vc.ud->store = NULL;
-  if (!done) return fail_closed(conn, ssl, store);
+  if (conn->borrowed) sx_hook_report(conn, base);
+  if (!done) return fail_closed(ssl, store);
   switch (vc.verdict) {
   case VERDICT_ACCEPT:
     if (!ok) X509_STORE_CTX_set_error(store, X509_V_OK);
@@ -412,11 +426,28 @@ int sx_verify_trampoline(int ok, X509_STORE_CTX *store) {
     return 0;
   case VERDICT_RETRY:
     conn->retry_verify = 1;
-    if (!sx_set_retry_verify(ssl)) return fail_closed(conn, ssl, store);
+    if (!sx_set_retry_verify(ssl)) return fail_closed(ssl, store);
     return 1;
   default:
     return ok;
   }
+}
+
+int sx_verify_trampoline(int ok, X509_STORE_CTX *store) {
+  SSL *ssl = (SSL *)X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+  sx_conn *conn = ssl != NULL ? (sx_conn *)SSL_get_ex_data(ssl, sx_ssl_ex_index) : NULL;
+  int verdict;
+  if (conn == NULL) {
+    X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;   /* the object is gone (its VM closed): fail closed */
+  }
+  verdict = run_callback(conn, ssl, ok, store);
+  if (conn->soft_fail && !conn->cb_failed) {   /* a callback's error still fails closed */
+    if (!verdict && X509_STORE_CTX_get_error(store) == X509_V_OK)
+      X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 1;   /* the verdict stays recorded for the request phase to judge */
+  }
+  return verdict;
 }
 
 /* ---- verification parameters ------------------------------------------- */
