@@ -322,9 +322,18 @@ static int set_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
     lua_replace(L, idx);
   }
   if (!lua_istable(L, idx)) return sx_where_typeerror(L, w, idx, "list of files or PEM texts, or false");
+  n = (int)lua_rawlen(L, idx);
+  for (i = 1; i <= n; i++) {   /* check first: nothing may raise once the list is allocated */
+    int t;
+    lua_rawgeti(L, idx, i);
+    t = lua_type(L, -1);
+    if (t != LUA_TSTRING && !(t == LUA_TUSERDATA && luaL_testudata(L, -1, SX_X509_MT)))
+      return sx_where_error(L, w, lua_pushfstring(L, "entry #%d: file name, PEM text or sslctx.x509 "
+                                                     "expected, got %s", i, luaL_typename(L, -1)));
+    lua_pop(L, 1);
+  }
   names = sk_X509_NAME_new_null();
   if (names == NULL) return luaL_error(L, "out of memory");
-  n = (int)lua_rawlen(L, idx);
   for (i = 1; i <= n; i++) {
     STACK_OF(X509) *certs;
     int j;
