@@ -684,9 +684,11 @@ static int conn_verify_client_post_handshake(lua_State *L) {
  * owner's). */
 static int conn_set_trust(lua_State *L) {
   sx_conn *conn = sx_conn_check(L, 1);
+  STACK_OF(X509) *certs = NULL;
   X509_STORE *store;
   STACK_OF(X509_NAME) *names;
   const char *file;
+  int i;
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_getfield(L, 2, "ca_file");
@@ -694,42 +696,30 @@ static int conn_set_trust(lua_State *L) {
   if (lua_isnil(L, 3) && lua_isnil(L, 4)) return luaL_argerror(L, 2, "'ca_file' or 'ca' expected");
   if (!lua_isnil(L, 3) && lua_type(L, 3) != LUA_TSTRING) return luaL_argerror(L, 2, "'ca_file' must be a string");
   file = lua_tostring(L, 3);
+  if (!lua_isnil(L, 4) && (certs = sx_load_certs(L, 4, "ca")) == NULL) return 3;  /* may raise: first */
   store = X509_STORE_new();
   names = sk_X509_NAME_new_null();
-  if (store == NULL || names == NULL) {
+  ERR_clear_error();
+  if (store == NULL || names == NULL || (file != NULL && !X509_STORE_load_locations(store, file, NULL))) {
     X509_STORE_free(store);
     sk_X509_NAME_free(names);
-    return luaL_error(L, "out of memory");
-  }
-  ERR_clear_error();
-  if (file != NULL) {
-    STACK_OF(X509_NAME) *from_file;
-    if (!X509_STORE_load_locations(store, file, NULL)) {
-      X509_STORE_free(store);
-      sk_X509_NAME_free(names);
-      return sx_push_error(L, lua_pushfstring(L, "trust file '%s'", file), "file");
-    }
-    from_file = SSL_load_client_CA_file(file);
-    while (from_file != NULL && sk_X509_NAME_num(from_file) > 0) sk_X509_NAME_push(names, sk_X509_NAME_shift(from_file));
-    sk_X509_NAME_free(from_file);
-    ERR_clear_error();
-  }
-  if (!lua_isnil(L, 4)) {
-    STACK_OF(X509) *certs = sx_load_certs(L, 4, "ca");
-    int i;
-    if (certs == NULL) {
-      X509_STORE_free(store);
-      sk_X509_NAME_pop_free(names, X509_NAME_free);
-      return 3;
-    }
-    for (i = 0; i < sk_X509_num(certs); i++) {
-      X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(sk_X509_value(certs, i)));
-      X509_STORE_add_cert(store, sk_X509_value(certs, i));
-      if (nm != NULL && !sk_X509_NAME_push(names, nm)) X509_NAME_free(nm);
-    }
     sk_X509_pop_free(certs, X509_free);
-    ERR_clear_error();
+    if (file == NULL || store == NULL || names == NULL) return luaL_error(L, "out of memory");
+    return sx_push_error(L, lua_pushfstring(L, "trust file '%s'", file), "file");
   }
+  if (file != NULL) {
+    STACK_OF(X509_NAME) *from_file = SSL_load_client_CA_file(file);
+    while (from_file != NULL && sk_X509_NAME_num(from_file) > 0)
+      if (!sk_X509_NAME_push(names, sk_X509_NAME_shift(from_file))) break;
+    sk_X509_NAME_pop_free(from_file, X509_NAME_free);
+  }
+  for (i = 0; certs != NULL && i < sk_X509_num(certs); i++) {
+    X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(sk_X509_value(certs, i)));
+    X509_STORE_add_cert(store, sk_X509_value(certs, i));
+    if (nm != NULL && !sk_X509_NAME_push(names, nm)) X509_NAME_free(nm);
+  }
+  sk_X509_pop_free(certs, X509_free);
+  ERR_clear_error();
   SSL_set0_verify_cert_store(conn->ssl, store);   /* takes ownership */
   SSL_set_client_CA_list(conn->ssl, names);       /* takes ownership */
   conn_policy_changed(L, conn);
