@@ -1,0 +1,606 @@
+--- sslctx.ngx: OpenResty integration (API.md §5).
+--
+-- Client:  sngx.connect(sock, ctx [, opts]) -> stream | nil, message, kind
+--          TLS over a connected ngx.socket.tcp cosocket, through the memory transport.
+-- Server:  sngx.set_policy(name)                          (ssl_client_hello_by_lua*)
+--          sngx.set_verification_mode(mode [, cb [, opts]]) (ssl_certificate_by_lua*)
+--          sngx.verdict() -> code, string, verified, peer_pem (request phases)
+--
+-- See doc/openresty.md for the rules (what runs where, what may not yield).
+local sslctx = require "sslctx"
+
+local type, pairs, tostring, tonumber, error = type, pairs, tostring, tonumber, error
+local setmetatable, rawget, rawset = setmetatable, rawget, rawset
+local concat, format = table.concat, string.format
+local min = math.min
+
+local M = {}
+
+-- Bounds on the loops that move bytes (each round also waits on the cosocket, which has its
+-- own timeouts): a handshake or a read that needs more rounds than this is broken.
+local MAX_ROUNDS = 100000
+local RECEIVE_CHUNK = 16384     -- receiveany() size for ciphertext
+local WRITE_CHUNK = 65536       -- plaintext handed to conn:write() at once
+
+local function ngx_env()
+  return rawget(_G, "ngx")
+end
+
+-- ---------------------------------------------------------------------------
+-- The host a cosocket connected to.
+--
+-- A cosocket does not tell its peer's name, so the module wraps the cosocket class's
+-- `connect` (the method table resty.core also extends: registry.__tcp_cosocket_mt) and
+-- `ngx.socket.connect`, and remembers the host each socket connected to (weakly).  Sockets
+-- connected before this module was first required are not known: pass opts.hostname.
+
+local REG_HOSTS = "sslctx.ngx.hosts"
+local REG_PATCHED = "sslctx.ngx.connect_patched"
+
+local function hosts_table()
+  local reg = debug.getregistry()
+  local t = rawget(reg, REG_HOSTS)
+  if t == nil then
+    t = setmetatable({}, { __mode = "k" })
+    rawset(reg, REG_HOSTS, t)
+  end
+  return t
+end
+
+local hosts = hosts_table()
+
+local function remember(sock, host, ok, ...)
+  if ok and type(host) == "string" and host:sub(1, 5) ~= "unix:" then
+    hosts[sock] = host
+  else
+    hosts[sock] = nil
+  end
+  return ok, ...
+end
+
+local function patch_connect()
+  local ngx = ngx_env()
+  local reg = debug.getregistry()
+  if ngx == nil or rawget(reg, REG_PATCHED) then return end
+  local mt = rawget(reg, "__tcp_cosocket_mt")
+  if type(mt) == "table" and type(rawget(mt, "connect")) == "function" then
+    local connect = rawget(mt, "connect")
+    rawset(mt, "connect", function(self, host, ...)
+      return remember(self, host, connect(self, host, ...))
+    end)
+  end
+  local socket = ngx.socket
+  if type(socket) == "table" and type(socket.connect) == "function" then
+    local connect = socket.connect
+    socket.connect = function(host, ...)
+      local sock, err = connect(host, ...)
+      if sock then remember(sock, host, true) end
+      return sock, err
+    end
+  end
+  rawset(reg, REG_PATCHED, true)
+end
+
+patch_connect()
+
+--- The host `sock` connected to (as given to connect), or nil when unknown.
+function M.peer_host(sock)
+  return hosts[sock]
+end
+
+-- ---------------------------------------------------------------------------
+-- Client: the stream
+
+local Stream = {}
+Stream.__index = Stream
+M.Stream = Stream
+
+local function cosocket_error(err)
+  -- The cosocket's own words: "closed", "timeout", or an OS error.
+  if err == "timeout" then return "timeout" end
+  if err == "closed" then return "eof" end
+  return "syscall"
+end
+
+-- Sends what the connection has for the network.
+local function flush(self)
+  local out = self.conn:drain()
+  if out ~= "" then
+    local n, err = self.sock:send(out)
+    if not n then
+      self.broken = err
+      return nil, err, cosocket_error(err)
+    end
+  end
+  return true
+end
+
+-- Moves what arrived from the network into the connection.
+local function fill(self)
+  if self.input_ended then
+    return nil, "eof: the peer closed the connection without close_notify", "eof"
+  end
+  local data, err = self.sock:receiveany(RECEIVE_CHUNK)
+  if not data then
+    if err == "closed" then
+      self.input_ended = true
+      self.conn:feed(nil)
+      return true
+    end
+    return nil, err, cosocket_error(err)
+  end
+  self.conn:feed(data)
+  return true
+end
+
+-- One connection call, repeated until it completes, moving bytes both ways.
+local function drive(self, call, ...)
+  local conn = self.conn
+  for _ = 1, MAX_ROUNDS do
+    local r, err, kind = call(conn, ...)
+    if r then
+      local ok, ferr, fkind = flush(self)
+      if not ok then return nil, ferr, fkind end
+      return r
+    end
+    if kind == "want_read" then
+      local ok, ferr, fkind = flush(self)
+      if not ok then return nil, ferr, fkind end
+      ok, ferr, fkind = fill(self)
+      if not ok then return nil, ferr, fkind end
+    elseif kind == "want_write" then
+      local ok, ferr, fkind = flush(self)
+      if not ok then return nil, ferr, fkind end
+    elseif kind == "want_retry_verify" then
+      -- A verify callback returned sslctx.RETRY: it started some work of its own (a timer,
+      -- a shared dict) and wants to be asked again.  This coroutine may sleep; OpenSSL's
+      -- callback could not.
+      local ok, ferr, fkind = flush(self)
+      if not ok then return nil, ferr, fkind end
+      self.retries = (self.retries or 0) + 1
+      if self.retries > self.max_retries then
+        return nil, "verify callback: still asking for RETRY after " .. self.max_retries ..
+          " rounds", "timeout"
+      end
+      ngx_env().sleep(min(0.001 * self.retries, 0.05))
+    else
+      -- A failure: the alert (if any) still goes out, best effort.
+      if not self.broken then pcall(flush, self) end
+      return nil, err, kind
+    end
+  end
+  return nil, "sslctx.ngx: no progress after " .. MAX_ROUNDS .. " rounds", "ssl"
+end
+
+local function handshake(self)
+  return drive(self, self.conn.handshake)
+end
+
+-- Reads what is decrypted and ready, after at most one wait for the network: appends it to
+-- the receive buffer.
+local function more(self)
+  if self.read_error then
+    return nil, self.read_error[1], self.read_error[2]
+  end
+  local data, err, kind = drive(self, self.conn.read)
+  if data then
+    if data ~= "" then self.buf[#self.buf + 1] = data end
+    self.buffered = self.buffered + #data
+    return true
+  end
+  if kind ~= "timeout" then self.read_error = { err, kind } end   -- final: closed, eof, ssl...
+  return nil, err, kind
+end
+
+local function take(self, n)   -- removes and returns the first n buffered bytes (n <= buffered)
+  local all = concat(self.buf)
+  local out = all:sub(1, n)
+  local rest = all:sub(n + 1)
+  self.buf = rest ~= "" and { rest } or {}
+  self.buffered = #rest
+  return out
+end
+
+local function take_all(self)
+  return take(self, self.buffered)
+end
+
+-- A failure in the cosocket's shape: "closed" and "timeout" as the cosocket says them, any
+-- other message as is; the kind follows.
+local function failure(err, kind)
+  if kind == "closed" then return "closed", kind end
+  if kind == "timeout" then return "timeout", kind end
+  return err, kind
+end
+
+local function check_open(self)
+  if self.closed then return nil, "closed", "closed" end
+  return true
+end
+
+local function flatten(data, out)
+  local t = type(data)
+  if t == "string" then
+    out[#out + 1] = data
+  elseif t == "number" then
+    out[#out + 1] = tostring(data)
+  elseif t == "boolean" then
+    out[#out + 1] = data and "true" or "false"
+  elseif data == nil then
+    out[#out + 1] = "nil"
+  elseif t == "table" then
+    for i = 1, #data do flatten(data[i], out) end
+  else
+    error(format("bad argument #1 to 'send' (string, number, boolean, nil or array table " ..
+                 "expected, got %s)", t), 3)
+  end
+  return out
+end
+
+--- stream:send(data) -> bytes | nil, err, kind  (data: as the cosocket's send)
+function Stream:send(data)
+  local ok, cerr, ckind = check_open(self)
+  if not ok then return nil, cerr, ckind end
+  if type(data) ~= "string" then data = concat(flatten(data, {})) end
+  local len, pos = #data, 1
+  while pos <= len do
+    local piece = (pos == 1 and len <= WRITE_CHUNK) and data or data:sub(pos, pos + WRITE_CHUNK - 1)
+    local n, err, kind = drive(self, self.conn.write, piece)
+    if not n then
+      local e, k = failure(err, kind)
+      return nil, e, k
+    end
+    pos = pos + n
+  end
+  return len
+end
+
+local function receive_line(self)
+  for _ = 1, MAX_ROUNDS do
+    local all = concat(self.buf)
+    self.buf = all ~= "" and { all } or {}
+    local nl = all:find("\n", 1, true)
+    if nl then
+      local line = take(self, nl):sub(1, -2)
+      return (line:gsub("\r", ""))
+    end
+    local ok, err, kind = more(self)
+    if not ok then
+      local e, k = failure(err, kind)
+      return nil, e, (take_all(self):gsub("\r", "")), k
+    end
+  end
+  return nil, "line too long", take_all(self), "ssl"
+end
+
+local function receive_count(self, n)
+  for _ = 1, MAX_ROUNDS do
+    if self.buffered >= n then return take(self, n) end
+    local ok, err, kind = more(self)
+    if not ok then
+      local e, k = failure(err, kind)
+      return nil, e, take_all(self), k
+    end
+  end
+  return nil, "too many rounds", take_all(self), "ssl"
+end
+
+local function receive_all(self)
+  for _ = 1, MAX_ROUNDS do
+    local ok, err, kind = more(self)
+    if not ok then
+      if kind == "closed" then return take_all(self) end   -- close_notify: the end of data
+      local e, k = failure(err, kind)
+      return nil, e, take_all(self), k
+    end
+  end
+  return nil, "too many rounds", take_all(self), "ssl"
+end
+
+--- stream:receive([pattern]) -> data | nil, err, partial, kind
+-- pattern: "*l" / "l" (a line, CRs dropped; the default), "*a" / "a" (until the peer's
+-- close_notify; a connection cut without one is an error "eof", never the end of data), or
+-- a byte count.
+function Stream:receive(pattern)
+  local ok, cerr, ckind = check_open(self)
+  if not ok then return nil, cerr, nil, ckind end
+  if pattern == nil then pattern = "*l" end
+  if type(pattern) == "number" or (type(pattern) == "string" and tonumber(pattern)) then
+    local n = tonumber(pattern)
+    if n < 0 or n % 1 ~= 0 then
+      error("bad argument #2 to 'receive' (bad pattern argument: " .. tostring(pattern) .. ")", 2)
+    end
+    if n == 0 then return "" end
+    return receive_count(self, n)
+  end
+  if pattern == "*l" or pattern == "l" then return receive_line(self) end
+  if pattern == "*a" or pattern == "a" then return receive_all(self) end
+  error("bad argument #2 to 'receive' (bad pattern argument: " .. tostring(pattern) .. ")", 2)
+end
+
+--- stream:receiveany(max) -> data | nil, err, kind: what is ready (at most max bytes),
+-- after waiting for the network only if nothing is.
+function Stream:receiveany(max)
+  local n = tonumber(max)
+  if n == nil or n < 1 or n % 1 ~= 0 then
+    error("bad argument #2 to 'receiveany' (bad max argument: " .. tostring(max) .. ")", 2)
+  end
+  local ok, cerr, ckind = check_open(self)
+  if not ok then return nil, cerr, ckind end
+  if self.buffered == 0 then
+    local got, err, kind = more(self)
+    if not got then
+      local e, k = failure(err, kind)
+      return nil, e, k
+    end
+  end
+  return take(self, min(n, self.buffered))
+end
+
+--- stream:close() -> 1 | nil, err: close_notify (not waiting for the peer's), then the
+-- cosocket is closed.
+function Stream:close()
+  if self.closed then return nil, "closed" end
+  self.closed = true
+  local conn = self.conn
+  if not self.broken and not self.read_error then
+    pcall(conn.shutdown, conn)
+    pcall(flush, self)
+  end
+  conn:close()
+  return self.sock:close()
+end
+
+--- The cosocket's timeouts (milliseconds).
+function Stream:settimeouts(connect_ms, send_ms, read_ms)
+  return self.sock:settimeouts(connect_ms, send_ms, read_ms)
+end
+
+function Stream:settimeout(ms)
+  return self.sock:settimeout(ms)
+end
+
+function Stream:getreusedtimes()
+  return self.sock:getreusedtimes()
+end
+
+function Stream:setoption(...)
+  return self.sock:setoption(...)
+end
+
+--- A TLS stream cannot go back to the cosocket pool (its TLS state lives here): refused,
+-- and the stream is closed.
+function Stream:setkeepalive()
+  self:close()
+  return nil, "sslctx.ngx: a TLS stream cannot be kept alive in the connection pool; closed"
+end
+
+function Stream:sslhandshake()
+  return nil, "sslctx.ngx: the stream is already TLS"
+end
+
+--- The underlying sslctx connection (peer certificate, verify result, session, ALPN).
+function Stream:connection()
+  return self.conn
+end
+
+--- The cosocket under the stream.
+function Stream:socket()
+  return self.sock
+end
+
+Stream.__tostring = function(self)
+  return "sslctx.ngx stream (" .. tostring(self.conn) .. ")"
+end
+
+local function copy_opts(opts)
+  local o = {}
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      error("bad argument #3 to 'connect' (table expected, got " .. type(opts) .. ")", 3)
+    end
+    for k, v in pairs(opts) do o[k] = v end
+  end
+  return o
+end
+
+--- sngx.connect(sock, ctx [, opts]) -> stream | nil, message, kind
+-- sock: a connected ngx.socket.tcp; ctx: an sslctx context; opts: new_connection's (hostname
+-- defaults to the host sock connected to).  The handshake runs here, on the calling
+-- coroutine (verify callbacks too: ngx.var and ngx.ctx work in them; yielding does not).
+-- On failure the cosocket is closed.
+function M.connect(sock, ctx, opts)
+  if type(sock) ~= "table" or type(sock.receiveany) ~= "function" or type(sock.send) ~= "function" then
+    error("bad argument #1 to 'connect' (a connected ngx.socket.tcp expected, got " .. type(sock) .. ")", 2)
+  end
+  if (type(ctx) ~= "userdata" and type(ctx) ~= "table") or type(ctx.new_connection) ~= "function" then
+    error("bad argument #2 to 'connect' (sslctx context expected, got " .. type(ctx) .. ")", 2)
+  end
+  local o = copy_opts(opts)
+  if o.fd ~= nil or o.socket ~= nil then
+    error("bad argument #3 to 'connect' (options 'fd' and 'socket' do not apply: the cosocket is the transport)", 2)
+  end
+  local side = o.side
+  if side == nil and ctx:side() == "both" then side = "client"; o.side = side end
+  if (side or ctx:side()) == "client" and o.hostname == nil then o.hostname = hosts[sock] end
+  local conn = ctx:new_connection(o)
+  local self = setmetatable({
+    sock = sock, conn = conn, buf = {}, buffered = 0, max_retries = 300,
+  }, Stream)
+  local ok, err, kind = handshake(self)
+  if not ok then
+    self.closed = true
+    conn:close()
+    sock:close()
+    return nil, err, kind
+  end
+  return self
+end
+
+-- ---------------------------------------------------------------------------
+-- Server hook
+
+local SSL_PHASES = {
+  set_policy = { ssl_client_hello = true },
+  set_verification_mode = { ssl_cert = true },
+  verdict = {
+    set = true, rewrite = true, server_rewrite = true, access = true, content = true,
+    header_filter = true, body_filter = true, log = true, balancer = true,
+  },
+}
+
+local function phase_check(fname)
+  local ngx = ngx_env()
+  if ngx == nil or type(ngx.get_phase) ~= "function" then
+    return nil, "sslctx.ngx." .. fname .. ": not running inside OpenResty (ngx_lua)"
+  end
+  local phase = ngx.get_phase()
+  if not SSL_PHASES[fname][phase] then
+    local names = {}
+    for k in pairs(SSL_PHASES[fname]) do names[#names + 1] = k end
+    table.sort(names)
+    return nil, format("sslctx.ngx.%s: not allowed in phase '%s' (only in %s)",
+                       fname, tostring(phase), concat(names, ", "))
+  end
+  return true
+end
+
+-- The request's SSL* (nginx's downstream connection), version-tolerant: ngx.ssl's wrapper
+-- when lua-resty-core has it (>= 0.1.29), otherwise the FFI function ngx_lua exports since
+-- 0.10.23, declared with the signature of the running ngx_lua (an extra `char **err` from
+-- 0.10.29 on: never the one-argument form there).
+local get_pointer
+
+local function make_pointer_getter()
+  local ok, ngx_ssl = pcall(require, "ngx.ssl")
+  if ok and type(ngx_ssl) == "table" and type(ngx_ssl.get_req_ssl_pointer) == "function" then
+    local get = ngx_ssl.get_req_ssl_pointer
+    return function()
+      local p, err = get()
+      if p == nil then return nil, err or "no SSL connection" end
+      return p
+    end
+  end
+  local ffi_ok, ffi = pcall(require, "ffi")
+  local base_ok, base = pcall(require, "resty.core.base")
+  if not ffi_ok or not base_ok then
+    return nil, "sslctx.ngx: needs LuaJIT's ffi and lua-resty-core"
+  end
+  local version = tonumber(ngx_env().config.ngx_lua_version) or 0
+  local C = ffi.C
+  if version >= 10029 then
+    pcall(ffi.cdef, "void *ngx_http_lua_ffi_get_req_ssl_pointer(void *r, const char **err);")
+    local errp = ffi.new("const char *[1]")
+    return function()
+      local r = base.get_request()
+      if r == nil then return nil, "no request found" end
+      errp[0] = nil
+      local p = C.ngx_http_lua_ffi_get_req_ssl_pointer(r, errp)
+      if p == nil then
+        return nil, errp[0] ~= nil and ffi.string(errp[0]) or "no SSL connection"
+      end
+      return p
+    end
+  elseif version >= 10023 then
+    pcall(ffi.cdef, "void *ngx_http_lua_ffi_get_req_ssl_pointer(void *r);")
+    return function()
+      local r = base.get_request()
+      if r == nil then return nil, "no request found" end
+      local p = C.ngx_http_lua_ffi_get_req_ssl_pointer(r)
+      if p == nil then return nil, "no SSL connection" end
+      return p
+    end
+  end
+  return nil, "sslctx.ngx: ngx_lua >= 0.10.23 is needed for the request's SSL pointer"
+end
+
+local function ssl_pointer()
+  if get_pointer == nil then
+    local fn, err = make_pointer_getter()
+    if not fn then return nil, err end
+    get_pointer = fn
+  end
+  return get_pointer()
+end
+
+--- The borrowed connection over this request's (or handshake's) SSL, for what the helpers
+-- below do not cover.  -> conn | nil, message
+function M.borrow()
+  local p, err = ssl_pointer()
+  if not p then return nil, err end
+  return sslctx.borrow(p)
+end
+
+-- Callback errors on a borrowed connection go to the error log (one function for all).
+local function log_error(msg)
+  local ngx = ngx_env()
+  ngx.log(ngx.ERR, msg)
+end
+M.logger = log_error
+
+--- In ssl_client_hello_by_lua*: sessions of this connection resume only under policy `name`
+-- (a session id context naming it).  -> true | nil, message
+function M.set_policy(name)
+  if type(name) ~= "string" then
+    error("bad argument #1 to 'set_policy' (string expected, got " .. type(name) .. ")", 2)
+  end
+  local ok, err = phase_check("set_policy")
+  if not ok then return nil, err end
+  local conn
+  conn, err = M.borrow()
+  if not conn then return nil, err end
+  conn:set_policy(name)
+  return true
+end
+
+local VERIFY_OPTS = { ca_file = true, ca = true, soft_fail = true, depth = true, params = true,
+                      logger = true }
+
+--- In ssl_certificate_by_lua*: a server-side verification mode (API.md §1) and callback for
+-- nginx's downstream connection.  opts: ca_file / ca (this connection's own trust store and
+-- CA names; default: the server block's), soft_fail, depth, params (set_verify_params),
+-- logger (default: ngx.log at ERR).  -> true | nil, message
+function M.set_verification_mode(mode, callback, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #3 to 'set_verification_mode' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not VERIFY_OPTS[k] then
+      error("bad argument #3 to 'set_verification_mode' (unknown option '" .. tostring(k) .. "')", 2)
+    end
+  end
+  if opts.logger ~= nil and type(opts.logger) ~= "function" then
+    error("bad argument #3 to 'set_verification_mode' (option 'logger': function expected)", 2)
+  end
+  local ok, err = phase_check("set_verification_mode")
+  if not ok then return nil, err end
+  local conn
+  conn, err = M.borrow()
+  if not conn then return nil, err end
+  conn:set_logger(opts.logger or log_error)
+  if opts.ca_file ~= nil or opts.ca ~= nil then
+    local tok, terr = conn:set_trust({ ca_file = opts.ca_file, ca = opts.ca })
+    if not tok then return nil, terr end
+  end
+  if opts.depth ~= nil then conn:set_verify_depth(opts.depth) end
+  if opts.params ~= nil then conn:set_verify_params(opts.params) end
+  if opts.soft_fail ~= nil then conn:set_soft_fail(opts.soft_fail and true or false) end
+  conn:set_verification_mode("server", mode, callback)
+  return true
+end
+
+--- In a request phase: the verdict on the client's certificate for this request's TLS
+-- connection.  -> code, string, verified, peer_pem | nil, message
+function M.verdict()
+  local ok, err = phase_check("verdict")
+  if not ok then return nil, err end
+  local conn
+  conn, err = M.borrow()
+  if not conn then return nil, err end
+  local code, str, verified = conn:verify_result()
+  local cert = conn:peer_certificate()
+  return code, str, verified, cert and cert:pem() or nil
+end
+
+return M
