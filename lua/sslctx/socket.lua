@@ -1,0 +1,656 @@
+--- sslctx.socket: blocking-with-timeout TLS streams over LuaSocket, in LuaSec's shape.
+--
+--   local sslsocket = require "sslctx.socket"
+--
+--   -- a client: TCP connect + TLS handshake, hostname checked (defaults to `host`)
+--   local s, msg, kind = sslsocket.connect("example.org", 443, { ctx = ctx, timeout = 10 })
+--   s:send("GET / HTTP/1.0\r\nHost: example.org\r\n\r\n")
+--   local line = s:receive("*l")
+--   s:close()
+--
+--   -- any connected LuaSocket TCP object, either side
+--   local s = sslsocket.wrap(tcp, ctx, { hostname = "example.org" })
+--   local ok, msg, kind = s:dohandshake()
+--
+-- A stream is what LuaSec's `ssl.wrap` returns, for LuaSocket (and copas) programs:
+--   dohandshake()                  true | nil, message, kind
+--   send(data [, i [, j]])         last index sent | nil, err, last index sent, kind
+--   receive([pattern [, prefix]])  data | nil, err, partial, kind
+--                                  (patterns "*l"/"l", "*a"/"a", a byte count; the count
+--                                  includes the prefix, as in LuaSocket 3)
+--   settimeout(t [, mode])         LuaSocket's: mode "b" (each wait, the default) or "t"
+--                                  (the whole call); nil or negative blocks
+--   close(), getfd(), dirty(), want()
+--   getpeercertificate([n]), getpeerchain(), getpeerverification(), info([field]),
+--   getalpn(), getsniname(), sni(name) (client, before the handshake)
+--   session(), session_reused(), connection() (the underlying sslctx connection)
+--   getpeername(), getsockname(), setoption(...), getoption(...), getstats(), setstats(...)
+--
+-- Errors: err is LuaSocket's "timeout" when the deadline passed and "closed" when the peer
+-- closed the TLS stream cleanly (close_notify); anything else is the core's message (a
+-- truncated stream, an "eof: ..." message, is never reported as "closed").  The extra last
+-- value is the core's kind (API.md's table, plus "timeout").  The handshake runs implicitly
+-- in the first send/receive when dohandshake was not called.
+--
+-- copas: socket.select (and so copas) sees a stream through getfd() and dirty() (true while
+-- decrypted data is buffered, so select reports it readable at once).  Use
+--   local s = copas.wrap(sslsocket.wrap(tcp, ctx, opts))
+-- and call s:send/s:receive (they run the handshake); copas' own dohandshake/ssl params
+-- path requires LuaSec and is not used.  Under settimeout(0) every would-block is
+-- nil, "timeout", partial, which is what copas waits on; want() says "read" or "write".
+--
+-- Client session reuse: connect() keeps, per context, the last resumable session for each
+-- host:port (and hostname), taken after the handshake (TLS 1.2) or after reads and at close
+-- (TLS 1.3 tickets), and offers it on the next connect() to the same place; the core uses it
+-- only when the hostname and the verification policy match.  opts.reuse_session = false
+-- turns this off; an explicit opts.session wins.
+
+local sslctx = require "sslctx"
+local socket = require "socket"
+
+local gettime = socket.gettime
+local select_ = socket.select
+local floor, min, max = math.floor, math.min, math.max
+local concat = table.concat
+local type, tostring, tonumber, pcall, error, pairs, setmetatable =
+      type, tostring, tonumber, pcall, error, pairs, setmetatable
+
+local M = { _VERSION = "sslctx.socket 0.1" }
+
+local Stream = {}
+Stream.__index = Stream
+
+local WRITE_CHUNK = 65536
+
+-- ---------------------------------------------------------------------------
+-- helpers
+
+local function is_context(x)
+  if type(x) ~= "userdata" then return false end
+  local ok, f = pcall(function() return x.new_connection end)
+  return ok and type(f) == "function"
+end
+
+local function copy(t)
+  local r = {}
+  if t then for k, v in pairs(t) do r[k] = v end end
+  return r
+end
+
+local function argerror(n, fname, msg, level)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), (level or 2) + 1)
+end
+
+-- LuaSocket's timeout arithmetic (timeout.c: timeout_get): the time the next wait may take,
+-- nil for "block".
+local function time_left(self, start)
+  local block, total = self.block, self.total
+  if block < 0 and total < 0 then return nil end
+  if block < 0 then return max(total - (gettime() - start), 0) end
+  if total < 0 then return block end
+  return min(block, max(total - (gettime() - start), 0))
+end
+
+-- Waits until the socket is readable ("r") or writable ("w"); false when the time is out.
+local function wait(self, dir, start)
+  local t = time_left(self, start)
+  if t == 0 then return false end
+  local set = { self.sock }
+  local r, w, err
+  if dir == "r" then r, w, err = select_(set, nil, t)
+  else r, w, err = select_(nil, set, t) end
+  if err == "timeout" then return false end
+  if err then return false, err end
+  return true
+end
+
+-- ---------------------------------------------------------------------------
+-- session cache (client side, connect() only): weak per context
+
+local caches = setmetatable({}, { __mode = "k" })
+
+local function cache_of(ctx)
+  local c = caches[ctx]
+  if not c then
+    c = {}
+    caches[ctx] = c
+  end
+  return c
+end
+
+function Stream:_save_session()
+  if not self.cache or self.session_saved or not self.conn or self.closed_conn then return end
+  local ok, sess = pcall(self.conn.session, self.conn)
+  if ok and sess then
+    self.cache[self.cache_key] = sess
+    self.session_saved = true
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- construction
+
+local ADAPTER_KEYS = { ctx = true, timeout = true, reuse_session = true }
+
+-- A verify callback that only records OpenSSL's errors by depth (LuaSec's
+-- getpeerverification shape) and keeps every verdict.  Client side only: on a server
+-- connection a per-connection callback would give it its own session id context.
+local function install_recorder(self)
+  local conn = self.conn
+  if self.side ~= "client" then return end
+  local ok, _, int, _, cb = pcall(conn.get_verification_mode, conn, "client")
+  if not ok or cb ~= nil then return end
+  local errs = {}
+  self.verify_errors = errs
+  pcall(conn.set_verification_mode, conn, "client", int, function(pre, store)
+    if not pre then
+      local d = store:depth() + 1
+      local list = errs[d]
+      if not list then list = {}; errs[d] = list end
+      list[#list + 1] = store:error_string()
+    end
+  end)
+end
+
+function Stream:_create_conn()
+  local o = copy(self.copts)
+  o.socket = self.sock
+  o.close = false   -- the stream closes the socket itself (see close)
+  self.conn = self.ctx:new_connection(o)
+  self.side = self.conn:side()
+  install_recorder(self)
+  return self.conn
+end
+
+function Stream:_conn()
+  if self.conn then return self.conn end
+  return self:_create_conn()
+end
+
+--- wrap(sock, ctx, opts) -> stream | nil, message, kind
+-- sock: a connected LuaSocket TCP object (the stream keeps it and closes it on close());
+-- ctx: an sslctx context, or a table of sslctx.new options; opts: new_connection's options
+-- (hostname, side, session, verify_hostname) plus timeout (settimeout's).
+function M.wrap(sock, ctx, opts)
+  if type(sock) ~= "userdata" and type(sock) ~= "table" then
+    argerror(1, "wrap", "LuaSocket TCP object expected, got " .. type(sock))
+  end
+  if getmetatable(sock) == Stream then argerror(1, "wrap", "already an sslctx.socket stream") end
+  if type(ctx) == "table" and not is_context(ctx) then
+    local msg, kind
+    ctx, msg, kind = sslctx.new(ctx)
+    if not ctx then return nil, msg, kind end
+  elseif not is_context(ctx) then
+    argerror(2, "wrap", "sslctx context or options table expected, got " .. type(ctx))
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror(3, "wrap", "table expected, got " .. type(opts))
+  end
+  local copts = {}
+  for k, v in pairs(opts or {}) do
+    if not ADAPTER_KEYS[k] then copts[k] = v end
+  end
+  if copts.socket ~= nil or copts.fd ~= nil then
+    argerror(3, "wrap", "options 'socket' and 'fd' are the stream's own")
+  end
+  local self = setmetatable({
+    sock = sock, ctx = ctx, copts = copts,
+    block = -1, total = -1,
+    rbuf = "",
+    handshaken = false, started = false,
+    wants = "nothing",
+  }, Stream)
+  if opts and opts.timeout ~= nil then self:settimeout(opts.timeout) end
+  -- A verifying client without a hostname may still get one from sni() (LuaSec's order:
+  -- wrap, sni, dohandshake): its connection is made at first use.
+  local side = copts.side or ctx:side()
+  if side == "client" and copts.hostname == nil and copts.verify_hostname == nil then
+    self.side = "client"
+  else
+    self:_create_conn()
+  end
+  return self
+end
+
+--- The default client context: verify the server ("always") against the system's roots.
+function M.default_context()
+  if not M._default_ctx then
+    M._default_ctx = assert(sslctx.new({ side = "client" }))
+  end
+  return M._default_ctx
+end
+
+--- connect(host, port, opts) -> stream (handshake done) | nil, message, kind
+-- opts: ctx (a context or sslctx.new options; default: M.default_context()), timeout (for the
+-- TCP connect and the stream), reuse_session (default true), and new_connection's options;
+-- hostname defaults to host.
+function M.connect(host, port, opts)
+  if type(host) ~= "string" then argerror(1, "connect", "string expected, got " .. type(host)) end
+  if tonumber(port) == nil then argerror(2, "connect", "port number expected, got " .. type(port)) end
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror(3, "connect", "table expected, got " .. type(opts))
+  end
+  local o = copy(opts)
+  local ctx = o.ctx
+  if ctx == nil then
+    ctx = M.default_context()
+  elseif type(ctx) == "table" and not is_context(ctx) then
+    local msg, kind
+    ctx, msg, kind = sslctx.new(ctx)
+    if not ctx then return nil, msg, kind end
+  elseif not is_context(ctx) then
+    argerror(3, "connect", "option 'ctx': sslctx context or options table expected")
+  end
+  if o.hostname == nil then o.hostname = host end
+  local cache, key
+  if o.reuse_session ~= false then
+    cache = cache_of(ctx)
+    key = host .. ":" .. tostring(port) .. "|" .. tostring(o.hostname)
+    if o.session == nil then o.session = cache[key] end
+  end
+  local sock, err = socket.tcp()
+  if not sock then return nil, err, "syscall" end
+  sock:settimeout(o.timeout)
+  local ok
+  ok, err = sock:connect(host, tonumber(port))
+  if not ok then
+    sock:close()
+    return nil, err, err == "timeout" and "timeout" or "syscall"
+  end
+  o.ctx = nil
+  local okw, s, msg, kind = pcall(M.wrap, sock, ctx, o)
+  if not okw then
+    sock:close()
+    error(s, 2)
+  end
+  if not s then
+    sock:close()
+    return nil, msg, kind
+  end
+  s.cache, s.cache_key = cache, key
+  ok, msg, kind = s:dohandshake()
+  if not ok then
+    if cache then cache[key] = nil end
+    s:close()
+    return nil, msg, kind
+  end
+  return s
+end
+
+-- ---------------------------------------------------------------------------
+-- handshake
+
+function Stream:_handshake(start)
+  if self.handshaken then return true end
+  if self.hs_error then return nil, self.hs_error[1], self.hs_error[2] end
+  if self.closed then return nil, "closed", "closed" end
+  local conn = self:_conn()
+  self.started = true
+  while true do
+    local ok, msg, kind = conn:handshake()
+    if ok then
+      self.handshaken = true
+      self.wants = "nothing"
+      self:_save_session()
+      return true
+    end
+    if kind == "want_read" or kind == "want_write" then
+      self.wants = kind == "want_read" and "read" or "write"
+      local w, werr = wait(self, kind == "want_read" and "r" or "w", start)
+      if not w then
+        if werr then return nil, werr, "syscall" end
+        return nil, "timeout", "timeout"
+      end
+    else
+      self.hs_error = { msg, kind }
+      return nil, msg, kind
+    end
+  end
+end
+
+--- dohandshake() -> true | nil, message, kind ("timeout" when the deadline passed; then
+-- want() tells which way the handshake waits).
+function Stream:dohandshake()
+  return self:_handshake(gettime())
+end
+
+-- ---------------------------------------------------------------------------
+-- receive
+
+-- Makes sure rbuf holds something: true, or nil, err, kind.  Decrypted data OpenSSL already
+-- holds is always taken before waiting on the socket.
+function Stream:_get(start)
+  if #self.rbuf > 0 then return true end
+  if self.rerror then return nil, self.rerror[1], self.rerror[2] end
+  local conn = self.conn
+  while true do
+    local data, msg, kind = conn:read()
+    if self.cache and not self.session_saved then self:_save_session() end
+    if data and #data > 0 then
+      self.rbuf = data
+      self.wants = "nothing"
+      return true
+    end
+    if data then kind = "want_read" end
+    if kind == "want_read" or kind == "want_write" then
+      self.wants = kind == "want_read" and "read" or "write"
+      local w, werr = wait(self, kind == "want_read" and "r" or "w", start)
+      if not w then
+        if werr then return nil, werr, "syscall" end
+        return nil, "timeout", "timeout"
+      end
+    elseif kind == "closed" then
+      self.rerror = { "closed", "closed" }
+      return nil, "closed", "closed"
+    else
+      if kind ~= "callback" then self.rerror = { msg, kind } end
+      return nil, msg, kind
+    end
+  end
+end
+
+local function take(self, n)
+  local b = self.rbuf
+  if n >= #b then
+    self.rbuf = ""
+    return b
+  end
+  self.rbuf = b:sub(n + 1)
+  return b:sub(1, n)
+end
+
+--- receive([pattern [, prefix]]) -> data | nil, err, partial, kind
+function Stream:receive(pattern, prefix)
+  if pattern == nil then pattern = "*l" end
+  if prefix ~= nil and type(prefix) ~= "string" and type(prefix) ~= "number" then
+    argerror(2, "receive", "string expected, got " .. type(prefix))
+  end
+  prefix = prefix and tostring(prefix) or ""
+  local how, wanted
+  if type(pattern) == "number" or (type(pattern) == "string" and tonumber(pattern)) then
+    wanted = tonumber(pattern)
+    if wanted < 0 then argerror(1, "receive", "invalid receive pattern") end
+    wanted = floor(wanted)
+    how = "n"
+  elseif pattern == "*l" or pattern == "l" then
+    how = "l"
+  elseif pattern == "*a" or pattern == "a" then
+    how = "a"
+  else
+    argerror(1, "receive", "invalid receive pattern")
+  end
+  if self.closed then return nil, "closed", prefix, "closed" end
+  local start = gettime()
+  if not self.handshaken then
+    local ok, msg, kind = self:_handshake(start)
+    if not ok then return nil, msg, prefix, kind end
+  end
+  local parts = { prefix }
+  local ok, err, kind
+  if how == "n" then
+    ok = true
+    local size = #prefix
+    if size == 0 or wanted > size then
+      local need, total = wanted - size, 0
+      repeat
+        ok, err, kind = self:_get(start)
+        if not ok then break end
+        local piece = take(self, need - total)
+        parts[#parts + 1] = piece
+        total = total + #piece
+      until total >= need
+    end
+  elseif how == "a" then
+    local total = 0
+    while true do
+      ok, err, kind = self:_get(start)
+      if not ok then break end
+      local piece = take(self, #self.rbuf)
+      parts[#parts + 1] = piece
+      total = total + #piece
+    end
+    if err == "closed" and total > 0 then ok = true end
+  else -- line
+    while true do
+      ok, err, kind = self:_get(start)
+      if not ok then break end
+      local b = self.rbuf
+      local nl = b:find("\n", 1, true)
+      local piece = take(self, nl or #b)
+      if nl then piece = piece:sub(1, -2) end
+      parts[#parts + 1] = (piece:gsub("\r", ""))
+      if nl then break end
+    end
+  end
+  if ok then return concat(parts) end
+  return nil, err, concat(parts), kind
+end
+
+-- ---------------------------------------------------------------------------
+-- send
+
+--- send(data [, i [, j]]) -> index of the last byte sent | nil, err, last index sent, kind
+function Stream:send(data, i, j)
+  if type(data) == "number" then data = tostring(data) end
+  if type(data) ~= "string" then argerror(1, "send", "string expected, got " .. type(data)) end
+  local size = #data
+  i = i == nil and 1 or tonumber(i)
+  j = j == nil and -1 or tonumber(j)
+  if not i then argerror(2, "send", "number expected") end
+  if not j then argerror(3, "send", "number expected") end
+  i = i >= 0 and floor(i) or -floor(-i)
+  j = j >= 0 and floor(j) or -floor(-j)
+  if i < 0 then i = size + i + 1 end
+  if j < 0 then j = size + j + 1 end
+  if i < 1 then i = 1 end
+  if j > size then j = size end
+  if self.closed then return nil, "closed", i - 1, "closed" end
+  local start = gettime()
+  if not self.handshaken then
+    local ok, msg, kind = self:_handshake(start)
+    if not ok then return nil, msg, i - 1, kind end
+  end
+  local conn = self.conn
+  local pos = i
+  local chunk, chunk_from
+  while pos <= j do
+    local last = min(j, pos + WRITE_CHUNK - 1)
+    if chunk_from ~= pos or #chunk ~= last - pos + 1 then
+      chunk = (pos == 1 and last == size) and data or data:sub(pos, last)
+      chunk_from = pos
+    end
+    local n, msg, kind = conn:write(chunk)
+    if n then
+      pos = pos + n
+      self.wants = "nothing"
+    elseif kind == "want_write" or kind == "want_read" then
+      self.wants = kind == "want_read" and "read" or "write"
+      local w, werr = wait(self, kind == "want_read" and "r" or "w", start)
+      if not w then
+        if werr then return nil, werr, pos - 1, "syscall" end
+        return nil, "timeout", pos - 1, "timeout"
+      end
+    else
+      if kind == "closed" or (kind == "syscall" and msg == "Broken pipe") then
+        return nil, "closed", pos - 1, kind
+      end
+      return nil, msg, pos - 1, kind
+    end
+  end
+  return pos - 1
+end
+
+-- ---------------------------------------------------------------------------
+-- state, timeouts, closing
+
+--- settimeout(t [, mode]) -> 1 (LuaSocket's: "b" each wait, "t"/"r" the whole call)
+function Stream:settimeout(t, mode)
+  if t ~= nil and type(t) ~= "number" then
+    t = tonumber(t)
+    if t == nil then argerror(1, "settimeout", "number expected") end
+  end
+  t = t or -1
+  mode = mode or "b"
+  local m = type(mode) == "string" and mode:sub(1, 1) or ""
+  if m == "b" then self.block = t
+  elseif m == "t" or m == "r" then self.total = t
+  else argerror(2, "settimeout", "invalid timeout mode") end
+  return 1
+end
+
+function Stream:gettimeout()
+  return self.block, self.total
+end
+
+--- close() -> 1: close_notify (after a clean handshake), then the socket is closed.
+function Stream:close()
+  if self.closed then return 1 end
+  self.closed = true
+  local conn = self.conn
+  if conn then
+    if self.cache and self.handshaken and not self.hs_error and not self.rerror then
+      -- TLS 1.3 tickets that arrived but were never read: one read that cannot block
+      -- (LuaSocket sockets are non-blocking), then keep the newest session.
+      self.session_saved = false
+      pcall(conn.read, conn)
+      self:_save_session()
+    end
+    pcall(conn.close, conn)
+    self.closed_conn = true
+  end
+  self.rbuf = ""
+  self.sock:close()
+  return 1
+end
+Stream.__close = function(self) self:close() end
+
+function Stream:getfd()
+  if self.closed then return -1 end
+  return self.sock:getfd()
+end
+
+--- dirty() -> true while decrypted data waits (in the stream or inside OpenSSL): an event
+-- loop must read it before waiting on the socket (socket.select treats it as readable).
+function Stream:dirty()
+  if self.closed then return false end
+  if #self.rbuf > 0 then return true end
+  local conn = self.conn
+  if not conn then return false end
+  local ok, n = pcall(conn.pending_plaintext, conn)
+  return ok and n > 0 or false
+end
+
+--- want() -> "nothing" | "read" | "write": what the last would-block waited for.
+function Stream:want()
+  return self.wants
+end
+
+-- ---------------------------------------------------------------------------
+-- peer, session, information
+
+function Stream:connection()
+  return self:_conn()
+end
+
+local function live_conn(self)
+  if self.closed or not self.conn then return nil end
+  return self.conn
+end
+
+--- getpeercertificate([n]) -> x509 | nil: n = 1 (default) the leaf, n > 1 up the chain.
+function Stream:getpeercertificate(n)
+  local conn = live_conn(self)
+  if not conn then return nil end
+  n = n or 1
+  if n == 1 then return conn:peer_certificate() end
+  local chain = conn:peer_chain()
+  return chain and chain[n] or nil
+end
+
+--- getpeerchain() -> {x509...} (leaf first) | nil
+function Stream:getpeerchain()
+  local conn = live_conn(self)
+  if not conn then return nil end
+  return conn:peer_chain()
+end
+
+--- getpeerverification() -> true | false, {[depth + 1] = {error strings}}   (LuaSec's shape)
+-- A third value says whether a peer certificate was presented and verified.
+function Stream:getpeerverification()
+  local conn = live_conn(self)
+  if not conn then return false, { { "no connection" } }, false end
+  local code, str, verified = conn:verify_result()
+  local errs = self.verify_errors
+  local any = false
+  if errs then for _ in pairs(errs) do any = true; break end end
+  if code == 0 and not any then return true, nil, verified end
+  if not any then errs = { { str } } end
+  return false, errs, verified
+end
+
+--- sni(name): the server name to send and check (client, before the handshake starts).
+function Stream:sni(name)
+  if type(name) ~= "string" or name == "" then
+    argerror(1, "sni", "non-empty string expected")
+  end
+  if self.side ~= "client" then
+    argerror(1, "sni", "sni on a server stream: use ctx:set_servername_callback")
+  end
+  if self.started then error("sni: the handshake has already started", 2) end
+  self.copts.hostname = name
+  if self.conn then
+    pcall(self.conn.close, self.conn)   -- close = false: the socket stays open
+    self.conn = nil
+  end
+  return true
+end
+
+function Stream:getsniname()
+  local conn = live_conn(self)
+  return conn and conn:servername() or nil
+end
+
+function Stream:getalpn()
+  local conn = live_conn(self)
+  return conn and conn:alpn() or nil
+end
+
+function Stream:session()
+  local conn = live_conn(self)
+  return conn and conn:session() or nil
+end
+
+function Stream:session_reused()
+  local conn = live_conn(self)
+  return conn and conn:session_reused() or false
+end
+
+--- info([field]) -> {protocol, cipher, alpn, servername, session_reused, verify} or one field
+function Stream:info(field)
+  local conn = live_conn(self)
+  if not conn or not self.handshaken then return nil end
+  local code = conn:verify_result()
+  local t = {
+    protocol = conn:version(), cipher = conn:cipher(), alpn = conn:alpn(),
+    servername = conn:servername(), session_reused = conn:session_reused(), verify = code,
+  }
+  if field ~= nil then return t[field] end
+  return t
+end
+
+-- LuaSocket passthroughs
+for _, name in ipairs({ "getpeername", "getsockname", "setoption", "getoption",
+                        "getstats", "setstats" }) do
+  Stream[name] = function(self, ...)
+    local f = self.sock[name]
+    if not f then return nil, name .. " not supported by the wrapped socket" end
+    return f(self.sock, ...)
+  end
+end
+
+Stream.__tostring = function(self)
+  return ("sslctx.socket{%s}: %s"):format(self.side or "?", tostring(self.sock))
+end
+
+M.Stream = Stream
+return M
