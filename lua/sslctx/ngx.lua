@@ -586,6 +586,10 @@ function M.set_verification_mode(mode, callback, opts)
   if opts.depth ~= nil then conn:set_verify_depth(opts.depth) end
   if opts.params ~= nil then conn:set_verify_params(opts.params) end
   if opts.soft_fail ~= nil then conn:set_soft_fail(opts.soft_fail and true or false) end
+  -- nginx gives every SSL its own verify callback (ngx_ssl_verify_callback), which accepts
+  -- everything and leaves the verdict for later.  SSL_set_verify with no callback keeps
+  -- that one, so "no callback" is said explicitly: OpenSSL's own verdict (preverify).
+  if callback == nil then callback = sslctx.c_callbacks.preverify end
   conn:set_verification_mode("server", mode, callback)
   return true
 end

@@ -1,0 +1,466 @@
+-- spec/nginx_spec.lua: sslctx.ngx (API.md §5) inside a real nginx with the lua module.
+--
+-- Runs under any interpreter: nginx runs the module's LuaJIT build, and this file drives it
+-- from outside with curl and `openssl s_client`.  nginx listens on 127.0.0.1 ports picked
+-- free, under a temporary prefix (spec/support/nginx.lua), with the test PKI plus one server
+-- certificate for the SNI names made here.  Skipped (one visible pending) only when nginx,
+-- its lua module or the LuaJIT development files are missing.
+local helper = require "helper"
+local ng = require "support.nginx"
+
+local q = helper.sh_quote
+
+local available, why = ng.available()
+if not available then
+  describe("sslctx.ngx in nginx", function()
+    pending("skipped: " .. why)
+  end)
+  return
+end
+
+local ROOT = helper.run("pwd"):match("[^\n]+")
+local PORTS = { "HTTP_PORT", "GOOD_PORT", "EXPIRED_PORT", "WRONGHOST_PORT", "UNTRUSTED_PORT",
+                "MTLS_PORT", "NOPOLICY_PORT" }
+local CERTS = { "ca.pem", "int.pem", "other-ca.pem", "server-chain.pem", "server.key",
+                "expired-chain.pem", "expired.key", "wronghost-chain.pem", "wronghost.key",
+                "untrusted-chain.pem", "untrusted.key", "client.pem", "client2.pem" }
+
+-- "key=value" lines -> table (later keys win; a line without "=" is kept under [i]).
+local function parse(text)
+  local t = { raw = text }
+  for line in text:gmatch("[^\n]+") do
+    local k, v = line:match("^([%w_]+)=(.*)$")
+    if k then t[k] = v else t[#t + 1] = line end
+  end
+  return t
+end
+
+-- PKI paths, absolute (commands below run in other directories).
+local function pki(name)
+  local path = helper.pki(name)
+  if path:sub(1, 1) ~= "/" then path = ROOT .. "/" .. path end
+  return path
+end
+
+-- A server certificate for the per-SNI names, signed by the test intermediate CA.
+local function make_sni_cert(dir)
+  local ext = dir .. "/sni.ext"
+  local f = assert(io.open(ext, "w"))
+  f:write("subjectAltName=DNS:a.test,DNS:b.test,DNS:c.test,DNS:d.test,DNS:e.test,DNS:f.test\n",
+          "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
+  f:close()
+  local out = helper.run("(" .. table.concat({
+    "cd " .. q(dir),
+    "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout sni.key " ..
+      "-subj /CN=sni.test -out sni.csr",
+    "openssl x509 -req -in sni.csr -CA " .. q(pki("int.pem")) .. " -CAkey " ..
+      q(pki("int.key")) .. " -set_serial 0x$(openssl rand -hex 8) -days 2 -extfile sni.ext -out sni.pem",
+    "cat sni.pem " .. q(pki("int.pem")) .. " > sni-chain.pem",
+    "echo SNI-CERT-OK",
+  }, " && ") .. ") 2>&1")
+  assert(out:find("SNI-CERT-OK", 1, true), "cannot make the SNI certificate:\n" .. out)
+end
+
+describe("sslctx.ngx in a real nginx", function()
+  local srv, port, pki_ca
+
+  local function http(path)
+    return helper.run("curl -sS --max-time 10 " .. q("http://127.0.0.1:" .. port.HTTP_PORT .. path))
+  end
+
+  local function client(query)
+    return parse(http("/client?" .. query))
+  end
+
+  -- curl to the per-SNI listener; cert: a PKI name ("client" -> client-chain.pem + key).
+  local function curl_tls(name, cert, extra, listen_port)
+    local p = listen_port or port.MTLS_PORT
+    local args = { "curl -sS --max-time 10", "--cacert", q(pki_ca),
+                   "--resolve", q(name .. ":" .. p .. ":127.0.0.1") }
+    if cert then
+      args[#args + 1] = "--cert " .. q(pki(cert .. "-chain.pem")) ..
+                        " --key " .. q(pki(cert .. ".key"))
+    end
+    if extra then args[#args + 1] = extra end
+    args[#args + 1] = q("https://" .. name .. ":" .. p .. "/")
+    return parse(helper.run(table.concat(args, " ") .. " 2>&1; echo curl_rc=$?"))
+  end
+
+  -- openssl s_client with an HTTP/1.0 request (so that TLS 1.3 tickets arrive).
+  local function s_client(name, opts)
+    opts = opts or {}
+    local args = { "openssl s_client -connect", "127.0.0.1:" .. (opts.port or port.MTLS_PORT),
+                   "-servername", name, "-CAfile", q(pki_ca), "-ign_eof", opts.version or "" }
+    if opts.cert then
+      args[#args + 1] = "-cert " .. q(pki(opts.cert .. ".pem")) .. " -key " ..
+                        q(pki(opts.cert .. ".key")) .. " -cert_chain " ..
+                        q(opts.chain or pki("int.pem"))
+    end
+    if opts.sess_out then args[#args + 1] = "-sess_out " .. q(opts.sess_out) end
+    if opts.sess_in then args[#args + 1] = "-sess_in " .. q(opts.sess_in) end
+    local request = "GET / HTTP/1.0\\r\\nHost: " .. name .. "\\r\\n\\r\\n"
+    local out = helper.run("printf " .. q(request) .. " | timeout 10 " .. table.concat(args, " "))
+    local t = parse(out)
+    t.resumed = out:match("\n(Reused),") ~= nil
+    t.new = out:match("\n(New),") ~= nil
+    t.alert = out:match("alert number (%d+)")
+    return t
+  end
+
+  local function log_count(pattern)
+    local n = 0
+    for _ in srv:log():gmatch(pattern) do n = n + 1 end
+    return n
+  end
+
+  lazy_setup(function()
+    local cpath = assert(ng.luajit_cpath(ROOT))
+    local ports = ng.free_ports(#PORTS)
+    local vars = { REPO = ROOT, CPATH = cpath, USER = ng.user_line(),
+                   LOAD_MODULES = assert(ng.load_modules()) }
+    port = {}
+    for i, name in ipairs(PORTS) do vars[name], port[name] = ports[i], ports[i] end
+    local certs = {}
+    for _, name in ipairs(CERTS) do certs[name] = pki(name) end
+    local template = assert(ng.read_file("spec/nginx/nginx.conf.in"))
+    pki_ca = pki("ca.pem")
+    -- The SNI certificate is made before nginx starts, in a directory of its own.
+    local tmp = helper.run("mktemp -d /tmp/sslctx-sni.XXXXXX"):match("[^\n]+")
+    local ok, err = pcall(function()
+      make_sni_cert(tmp)
+      certs["sni-chain.pem"], certs["sni.key"] = tmp .. "/sni-chain.pem", tmp .. "/sni.key"
+      srv = ng.start{
+        conf = ng.render(template, vars),
+        certs = certs,
+        files = { ["conf/certs/trust.pem"] = helper.read("ca.pem") .. helper.read("int.pem") },
+        ports = ports,
+      }
+    end)
+    helper.exec_ok("rm -rf " .. q(tmp))
+    assert(ok, err)
+  end)
+
+  lazy_teardown(function()
+    if srv then srv:stop() end
+  end)
+
+  describe("client over a cosocket (sngx.connect)", function()
+    -- What `openssl s_client` says of an upstream: its verify code and text.
+    local function cli_verdict(upstream_port, host)
+      local check = host:match("^%d") and ("-verify_ip " .. host) or ("-verify_hostname " .. host)
+      local out = helper.run("timeout 10 openssl s_client -connect 127.0.0.1:" .. upstream_port ..
+                             " -CAfile " .. q(pki_ca) .. " " .. check .. " </dev/null")
+      local code, text = out:match("Verify return code: (%d+) %(([^)]*)%)")
+      assert(code, "no verify code from s_client:\n" .. out)
+      return tonumber(code), text
+    end
+
+    local upstreams = {
+      { "good", "GOOD_PORT", "localhost" },
+      { "expired", "EXPIRED_PORT", "localhost" },
+      { "wrong host", "WRONGHOST_PORT", "localhost" },
+      { "untrusted", "UNTRUSTED_PORT", "localhost" },
+      { "wrong host (IP literal)", "WRONGHOST_PORT", "127.0.0.1" },
+    }
+    for _, u in ipairs(upstreams) do
+      local label, pname, host = u[1], u[2], u[3]
+      it("gives the OpenSSL CLI's verdict against a " .. label .. " upstream", function()
+        local code, text = cli_verdict(port[pname], host)
+        local r = client("cb=record&port=" .. port[pname] .. "&host=" .. host)
+        if code == 0 then
+          assert.equal("true", r.ok, r.raw)
+          assert.equal("HTTP/1.1 200 OK", r.status)
+          assert.equal("upstream good", r.body)
+          assert.equal("0 ok true", r.verify)
+          assert.equal("CN=localhost", r.peer)
+        else
+          assert.equal("false", r.ok, r.raw)
+          assert.equal("verify", r.kind, r.raw)
+          assert.equal(tostring(code), r.cb_code, r.raw)
+          assert.truthy(r.err:find(": " .. text, 1, true), r.err .. " / CLI: " .. text)
+        end
+      end)
+    end
+
+    it("checks the host the cosocket connected to when opts.hostname is absent", function()
+      local good = client("host=default&port=" .. port.GOOD_PORT)
+      assert.equal("true", good.ok, good.raw)   -- 127.0.0.1 is an IP SAN of server.pem
+      local bad = client("host=default&port=" .. port.WRONGHOST_PORT)
+      assert.equal("false", bad.ok, bad.raw)
+      assert.equal("verify", bad.kind)
+      assert.truthy(bad.err:find("IP address mismatch", 1, true), bad.err)
+    end)
+
+    it("runs the verify callback on the request coroutine, root first", function()
+      local r = client("cb=var&token=tok42&port=" .. port.GOOD_PORT)
+      assert.equal("true", r.ok, r.raw)
+      assert.equal("2:true,1:true,0:true", r.callbacks)
+      assert.equal("tok42", r.var)         -- ngx.var works in the callback
+      assert.equal("content", r.cb_phase)
+      assert.equal("3", r.ctx_seen)        -- and ngx.ctx is the request's
+    end)
+
+    it("rejects by fingerprint with a Lua callback", function()
+      local pinned = helper.openssl("x509 -in " .. q(pki("server.pem")) ..
+                                    " -noout -fingerprint -sha256")
+      local fp = pinned:match("=([%x:]+)"):gsub(":", ""):lower()
+      local ok = client("cb=pin&fp=" .. fp .. "&port=" .. port.GOOD_PORT)
+      assert.equal("true", ok.ok, ok.raw)
+      assert.equal(fp, ok.leaf)
+      local bad = client("cb=pin&fp=" .. string.rep("0", 64) .. "&port=" .. port.GOOD_PORT)
+      assert.equal("false", bad.ok, bad.raw)
+      assert.equal("verify", bad.kind)
+      assert.truthy(bad.err:find("application verification failure", 1, true), bad.err)
+    end)
+
+    it("fails closed on a callback error or an attempted yield (kind 'callback')", function()
+      local err = client("cb=error&port=" .. port.GOOD_PORT)
+      assert.equal("false", err.ok)
+      assert.equal("callback", err.kind)
+      assert.truthy(err.err:find("verify callback: .*client%-callback%-boom"), err.err)
+      local y = client("cb=yield&port=" .. port.GOOD_PORT)
+      assert.equal("callback", y.kind, y.raw)
+      assert.truthy(y.err:find("yield", 1, true), y.err)
+    end)
+
+    it("takes C callbacks: light userdata and (LuaJIT) a cdata function pointer", function()
+      local c = client("cb=creject&port=" .. port.GOOD_PORT)
+      assert.equal("verify", c.kind, c.raw)
+      local f = client("cb=ffi_reject&port=" .. port.GOOD_PORT)
+      assert.equal("verify", f.kind, f.raw)
+      assert.truthy(f.err:find("application verification failure", 1, true), f.err)
+      local p = client("cb=ffi_preverify&port=" .. port.GOOD_PORT)
+      assert.equal("true", p.ok, p.raw)
+    end)
+
+    it("negotiates ALPN from the context's list", function()
+      local r = client("alpn=h2,http/1.1&port=" .. port.GOOD_PORT)
+      assert.equal("true", r.ok, r.raw)
+      assert.equal("http/1.1", r.alpn)
+    end)
+
+    for _, v in ipairs({ "tls1.2", "tls1.3" }) do
+      it("resumes a session with opts.session (" .. v .. "), only for the same host", function()
+        local r = client("session=1&v=" .. v .. "&port=" .. port.GOOD_PORT)
+        assert.equal("true", r.ok, r.raw)
+        assert.equal(v == "tls1.2" and "TLSv1.2" or "TLSv1.3", r.version)
+        assert.equal("true", r.session)
+        assert.equal("true", r.reused, r.raw)
+        assert.equal("upstream good", r.second_body)
+        assert.equal("false", r.other_host_reused)
+      end)
+    end
+
+    it("has the cosocket's shapes: receive(n), receiveany, close", function()
+      local r = parse(http("/shapes?port=" .. port.GOOD_PORT))
+      assert.equal("HTTP", r.first4, r.raw)
+      assert.equal("/1.", r.any3)
+      assert.equal("true", r.rest_has_body)
+      assert.equal("nil closed", r.after_close_notify)
+      assert.equal("1", r.close)
+      assert.equal("nil closed", r.after_close)
+      assert.equal("nil closed", r.send_after_close)
+    end)
+  end)
+
+  describe("server hook (per-SNI client certificates)", function()
+    it("a.test: a good client certificate passes the Lua callback (curl)", function()
+      local r = curl_tls("a.test", "client")
+      assert.equal("a.test", r.sni, r.raw)
+      assert.equal("0", r.code)
+      assert.equal("true", r.verified)
+      assert.equal("CN=Test Client,O=sslctx", r.subject)
+      assert.equal("SUCCESS", r.client_verify)
+    end)
+
+    it("a.test: verifies against the server block's ssl_trusted_certificate (s_client)", function()
+      -- (nginx sends CA names only for ssl_client_certificate with ssl_verify_client on;
+      -- a request from ssl_trusted_certificate names none: clients send what they have)
+      local r = s_client("a.test", { cert = "client" })
+      assert.equal("a.test", r.sni, r.raw)
+      assert.equal("true", r.verified, r.raw)
+      assert.equal("CN=Test Client,O=sslctx", r.subject)
+      local bad = s_client("a.test", { cert = "client-untrusted", chain = pki("other-ca.pem") })
+      assert.is_nil(bad.sni, bad.raw)
+      assert.equal("48", bad.alert, bad.raw)   -- unknown_ca
+    end)
+
+    it("a.test: refuses a valid certificate the callback does not allow, none, and an untrusted one", function()
+      local other = curl_tls("a.test", "client2")
+      assert.is_nil(other.sni, other.raw)
+      assert.truthy(other.raw:find("alert", 1, true), other.raw)
+      local none = curl_tls("a.test", nil)
+      assert.is_nil(none.sni, none.raw)
+      assert.truthy(none.raw:find("alert certificate required", 1, true), none.raw)
+      local untrusted = curl_tls("a.test", "client-untrusted")
+      assert.truthy(untrusted.raw:find("alert unknown ca", 1, true), untrusted.raw)
+    end)
+
+    it("a.test: the callback runs with no request (ngx.var, ngx.ctx, ngx.sleep refuse) on a borrowed object", function()
+      curl_tls("a.test", "client")
+      local line = srv:log():match("[^\n]*sslctx%-spec check_a[^\n]*")
+      assert.truthy(line, "no callback log line")
+      assert.truthy(line:find("var=ERR(no request found)", 1, true), line)
+      assert.truthy(line:find("ctx=ERR(no request found)", 1, true), line)
+      assert.truthy(line:find("sleep=ERR(no request found)", 1, true), line)
+      assert.truthy(line:find("borrowed=true", 1, true), line)
+      assert.truthy(line:find("handshake=ERR(", 1, true), line)
+    end)
+
+    it("b.test: no certificate asked (s_client and curl)", function()
+      local r = s_client("b.test")
+      assert.truthy(r.raw:find("No client certificate CA names sent", 1, true), r.raw)
+      assert.equal("b.test", r.sni)
+      local c = curl_tls("b.test", nil)
+      assert.equal("NONE", c.client_verify, c.raw)
+      assert.equal("false", c.verified)
+    end)
+
+    for _, version in ipairs({ "-tls1_2", "-tls1_3" }) do
+      it("a session made on b.test does not resume on a.test (" .. version .. ")", function()
+        local dir = helper.run("mktemp -d /tmp/sslctx-sess.XXXXXX"):match("[^\n]+")
+        local b = dir .. "/b.sess"
+        local made = s_client("b.test", { version = version, sess_out = b })
+        assert.equal("b.test", made.sni, made.raw)
+        -- b -> b resumes: the cache and tickets work
+        local bb = s_client("b.test", { version = version, sess_in = b })
+        assert.is_true(bb.resumed, bb.raw)
+        -- b -> a: a full handshake, refused for want of a certificate
+        local ba = s_client("a.test", { version = version, sess_in = b })
+        assert.is_false(ba.resumed, ba.raw)
+        assert.is_nil(ba.sni, ba.raw)
+        assert.truthy(ba.alert, ba.raw)
+        -- without the client-hello policy the same thing resumes and skips the check: the
+        -- trap that set_policy closes
+        local nb = dir .. "/nb.sess"
+        s_client("b.test", { version = version, sess_out = nb, port = port.NOPOLICY_PORT })
+        local trap = s_client("a.test", { version = version, sess_in = nb, port = port.NOPOLICY_PORT })
+        assert.is_true(trap.resumed, trap.raw)
+        -- a -> a with a certificate resumes, verdict included
+        local a = dir .. "/a.sess"
+        s_client("a.test", { version = version, sess_out = a, cert = "client" })
+        local aa = s_client("a.test", { version = version, sess_in = a })
+        assert.is_true(aa.resumed, aa.raw)
+        assert.equal("true", aa.verified, aa.raw)
+        assert.equal("CN=Test Client,O=sslctx", aa.subject)
+        helper.exec_ok("rm -rf " .. q(dir))
+      end)
+    end
+
+    it("c.test: soft fail lets the handshake finish and gives the verdict to the request", function()
+      local cli = helper.openssl("verify -purpose sslclient -CAfile " .. q(pki("ca.pem")) ..
+                                 " -untrusted " .. q(pki("client-untrusted-chain.pem")) ..
+                                 " " .. q(pki("client-untrusted.pem")))
+      local cli_code = tonumber(cli:match("error (%d+) at"))
+      local u = curl_tls("c.test", "client-untrusted")
+      assert.equal("c.test", u.sni, u.raw)
+      assert.equal(tostring(cli_code), u.code)
+      assert.equal("false", u.verified)
+      assert.equal("CN=Untrusted Client,O=sslctx", u.subject)
+      assert.truthy(u.client_verify:find("^FAILED:"), u.client_verify)
+      local rejected = curl_tls("c.test", "client2")   -- the callback said no: recorded (50)
+      assert.equal("50", rejected.code, rejected.raw)
+      assert.equal("false", rejected.verified)
+      local none = curl_tls("c.test", nil)             -- a missing certificate is not fatal
+      assert.equal("0", none.code, none.raw)
+      assert.equal("false", none.verified)
+      assert.equal("-", none.subject)
+      local good = curl_tls("c.test", "client")
+      assert.equal("0", good.code, good.raw)
+      assert.equal("true", good.verified)
+    end)
+
+    it("e.test: a C callback (light userdata) with its own trust (PEM) rejects", function()
+      local r = s_client("e.test", { cert = "client" })
+      assert.truthy(r.raw:find("Acceptable client certificate CA names", 1, true), r.raw)
+      assert.is_nil(r.sni, r.raw)
+      assert.truthy(r.alert, r.raw)
+    end)
+
+    it("f.test: opts.ca_file replaces the server block's trust", function()
+      local cli = helper.openssl("verify -purpose sslclient -CAfile " .. q(pki("other-ca.pem")) ..
+                                 " -untrusted " .. q(pki("int.pem")) .. " " .. q(pki("client.pem")))
+      local cli_code = tonumber(cli:match("error (%d+) at"))
+      local r = s_client("f.test", { cert = "client-untrusted", chain = pki("other-ca.pem") })
+      assert.truthy(r.raw:find("sslctx Other CA", 1, true), r.raw)
+      assert.equal("true", r.verified, r.raw)
+      -- a good client of the server block's CA: refused here, as the CLI says
+      assert.truthy(cli_code and cli_code ~= 0, cli)
+      local bad = s_client("f.test", { cert = "client" })
+      assert.is_nil(bad.sni, bad.raw)
+      assert.equal("48", bad.alert, bad.raw)   -- unknown_ca
+    end)
+
+    it("d.test: a callback error fails that handshake, is logged, and the worker goes on", function()
+      local pid = http("/pid"):match("%d+")
+      local before = log_count("server%-callback%-boom")
+      local r = curl_tls("d.test", "client")
+      assert.is_nil(r.sni, r.raw)
+      assert.truthy(r.raw:find("alert", 1, true), r.raw)
+      assert.equal(before + 1, log_count("server%-callback%-boom"), "callback error not logged")
+      local next_one = curl_tls("a.test", "client")
+      assert.equal("true", next_one.verified, next_one.raw)
+      assert.equal(pid, next_one.pid)
+      assert.equal(pid, http("/pid"):match("%d+"))
+      assert.equal(0, log_count("exited on signal"))
+    end)
+
+    it("refuses the hook functions outside their phases", function()
+      local r = parse(http("/phase"))
+      assert.truthy(r.set_policy:find("^nil .*not allowed in phase 'content'"), r.set_policy)
+      assert.truthy(r.set_verification_mode:find("^nil .*not allowed in phase 'content'"), r.set_verification_mode)
+      assert.truthy(r.verdict:find("^nil "), r.verdict)   -- plain HTTP: no TLS connection
+    end)
+  end)
+
+  describe("reloads", function()
+    it("survives five HUP reloads under traffic with no worker crash", function()
+      local dir = helper.run("mktemp -d /tmp/sslctx-traffic.XXXXXX"):match("[^\n]+")
+      local stop, out = dir .. "/stop", dir .. "/codes"
+      -- Bounded background traffic: cosocket clients and mTLS handshakes, until told to stop.
+      local loop = table.concat({
+        "for i in $(seq 1 400); do",
+        "  [ -e " .. q(stop) .. " ] && break;",
+        "  curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5 " ..
+          q("http://127.0.0.1:" .. port.HTTP_PORT .. "/client?port=" .. port.GOOD_PORT) .. ";",
+        "  curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5 --cacert " .. q(pki_ca) ..
+          " --resolve " .. q("a.test:" .. port.MTLS_PORT .. ":127.0.0.1") ..
+          " --cert " .. q(pki("client-chain.pem")) .. " --key " .. q(pki("client.key")) ..
+          " " .. q("https://a.test:" .. port.MTLS_PORT .. "/") .. ";",
+        "done > " .. q(out) .. " 2>&1; touch " .. q(dir .. "/done"),
+      }, " ")
+      local pid = helper.run("(" .. loop .. ") >/dev/null 2>&1 & echo $!"):match("%d+")
+      assert.truthy(pid)
+      ng.sleep(0.3)
+      for _ = 1, 5 do
+        srv:reload()
+        local r = curl_tls("a.test", "client")
+        assert.equal("true", r.verified, r.raw)
+        ng.sleep(0.1)
+      end
+      helper.exec_ok("touch " .. q(stop))
+      local deadline = ng.now() + 15
+      while not helper.file_exists(dir .. "/done") and ng.now() < deadline do ng.sleep(0.05) end
+      if not helper.file_exists(dir .. "/done") then helper.exec_ok("kill " .. tonumber(pid) .. " 2>/dev/null") end
+      local codes = ng.read_file(out) or ""
+      local total, good = 0, 0
+      for c in codes:gmatch("%d+") do
+        total = total + 1
+        if c == "200" then good = good + 1 end
+      end
+      helper.exec_ok("rm -rf " .. q(dir))
+      assert.truthy(total >= 4, "too little traffic: " .. codes)
+      assert.equal(total, good, "failed requests during reloads:\n" .. codes)
+      assert.equal(0, log_count("exited on signal"), srv:log())
+      assert.equal(0, log_count("%[alert%]"), srv:log())
+      assert.is_true(srv:alive())
+      -- everything still works in the new workers
+      local after = curl_tls("a.test", "client")
+      assert.equal("true", after.verified, after.raw)
+      local refused = curl_tls("a.test", "client2")
+      assert.is_nil(refused.sni, refused.raw)
+      local c = client("port=" .. port.GOOD_PORT)
+      assert.equal("true", c.ok, c.raw)
+    end)
+  end)
+end)
