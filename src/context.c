@@ -228,6 +228,41 @@ static int ctx_set_verify_params(lua_State *L) {
 
 /* ---- trust -------------------------------------------------------------- */
 
+/* The system's roots, loaded once per process and shared (refcounted) by every client
+ * context that trusts the defaults: loading them costs milliseconds and ~1 MiB a context.
+ * A context that later changes its trust gets a store of its own first (copy on write). */
+static X509_STORE *default_store = NULL;
+static CRYPTO_ONCE default_store_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void default_store_init(void) {
+  X509_STORE *s = X509_STORE_new();
+  if (s != NULL && X509_STORE_set_default_paths(s)) default_store = s;
+  else X509_STORE_free(s);
+  ERR_clear_error();
+}
+
+static void use_default_store(sx_ctx *c) {
+  if (!CRYPTO_THREAD_run_once(&default_store_once, default_store_init) || default_store == NULL ||
+      !X509_STORE_up_ref(default_store)) {
+    SSL_CTX_set_default_verify_paths(c->ctx);   /* no shared store: load privately */
+    ERR_clear_error();
+    return;
+  }
+  SSL_CTX_set_cert_store(c->ctx, default_store);   /* frees the empty store it had */
+  c->store_shared = 1;
+}
+
+static void unshare_store(sx_ctx *c) {
+  X509_STORE *s;
+  if (!c->store_shared) return;
+  s = X509_STORE_new();
+  if (s == NULL) return;   /* keep the shared one; the caller's change then fails visibly */
+  X509_STORE_set_default_paths(s);
+  ERR_clear_error();
+  SSL_CTX_set_cert_store(c->ctx, s);
+  c->store_shared = 0;
+}
+
 static void trust_log_add(sx_ctx *c, const char *what, const char *s) {
   sx_digest d;
   sx_digest_init(&d);
@@ -239,9 +274,11 @@ static void trust_log_add(sx_ctx *c, const char *what, const char *s) {
 
 static int add_crl_from(lua_State *L, sx_ctx *c, int idx) {
   STACK_OF(X509_CRL) *crls = sx_load_crls(L, idx);
-  X509_STORE *store = SSL_CTX_get_cert_store(c->ctx);
+  X509_STORE *store;
   int i;
   if (crls == NULL) return 3;
+  unshare_store(c);
+  store = SSL_CTX_get_cert_store(c->ctx);
   for (i = 0; i < sk_X509_CRL_num(crls); i++) X509_STORE_add_crl(store, sk_X509_CRL_value(crls, i));
   sk_X509_CRL_pop_free(crls, X509_CRL_free);
   ERR_clear_error();   /* a CRL already present is not a failure */
@@ -258,6 +295,7 @@ static int ctx_add_crl(lua_State *L) {
 }
 
 static int load_locations(lua_State *L, sx_ctx *c, const char *file, const char *dir) {
+  unshare_store(c);
   ERR_clear_error();
   if (!SSL_CTX_load_verify_locations(c->ctx, file, dir)) {
     const char *what = file != NULL ? file : dir;
@@ -280,6 +318,7 @@ static int ctx_load_verify_locations(lua_State *L) {
 
 static int ctx_set_default_verify_paths(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
+  unshare_store(c);
   ERR_clear_error();
   if (!SSL_CTX_set_default_verify_paths(c->ctx))
     return sx_push_error(L, "default trust paths", "file");
@@ -293,9 +332,11 @@ static int ctx_set_default_verify_paths(lua_State *L) {
  * CA list when add_names. */
 static int add_ca_certs(lua_State *L, sx_ctx *c, int idx, int add_names) {
   STACK_OF(X509) *certs = sx_load_certs(L, idx, "ca");
-  X509_STORE *store = SSL_CTX_get_cert_store(c->ctx);
+  X509_STORE *store;
   int i;
   if (certs == NULL) return 3;
+  unshare_store(c);
+  store = SSL_CTX_get_cert_store(c->ctx);
   for (i = 0; i < sk_X509_num(certs); i++) {
     X509_STORE_add_cert(store, sk_X509_value(certs, i));
     if (add_names) SSL_CTX_add_client_CA(c->ctx, sk_X509_value(certs, i));
@@ -1232,9 +1273,7 @@ static int apply_material(lua_State *L, int obj, sx_ctx *c, int opts) {
     has_trust = 1;
   }
   if (!has_trust && c->side != SX_SERVER) {
-    ERR_clear_error();
-    SSL_CTX_set_default_verify_paths(c->ctx);   /* clients verify against the system's roots */
-    ERR_clear_error();
+    use_default_store(c);   /* clients verify against the system's roots */
     trust_log_add(c, "default", X509_get_default_cert_dir());
   }
   if (opt(L, opts, "dh")) {
