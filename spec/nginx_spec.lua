@@ -42,23 +42,29 @@ local function pki(name)
   return path
 end
 
--- A server certificate for the per-SNI names, signed by the test intermediate CA.
-local function make_sni_cert(dir)
-  local ext = dir .. "/sni.ext"
+-- A server certificate <base>.pem/.key/-chain.pem for DNS names, signed by the test
+-- intermediate CA.
+local function make_server_cert(dir, base, names)
+  local ext = dir .. "/" .. base .. ".ext"
   local f = assert(io.open(ext, "w"))
-  f:write("subjectAltName=DNS:a.test,DNS:b.test,DNS:c.test,DNS:d.test,DNS:e.test,DNS:f.test\n",
+  f:write("subjectAltName=DNS:", table.concat(names, ",DNS:"), "\n",
           "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
   f:close()
   local out = helper.run("(" .. table.concat({
     "cd " .. q(dir),
-    "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout sni.key " ..
-      "-subj /CN=sni.test -out sni.csr",
-    "openssl x509 -req -in sni.csr -CA " .. q(pki("int.pem")) .. " -CAkey " ..
-      q(pki("int.key")) .. " -set_serial 0x$(openssl rand -hex 8) -days 2 -extfile sni.ext -out sni.pem",
-    "cat sni.pem " .. q(pki("int.pem")) .. " > sni-chain.pem",
-    "echo SNI-CERT-OK",
+    "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " .. base ..
+      ".key -subj /CN=" .. base .. ".test -out " .. base .. ".csr",
+    "openssl x509 -req -in " .. base .. ".csr -CA " .. q(pki("int.pem")) .. " -CAkey " ..
+      q(pki("int.key")) .. " -set_serial 0x$(openssl rand -hex 8) -days 2 -extfile " .. base ..
+      ".ext -out " .. base .. ".pem",
+    "cat " .. base .. ".pem " .. q(pki("int.pem")) .. " > " .. base .. "-chain.pem",
+    "echo CERT-OK",
   }, " && ") .. ") 2>&1")
-  assert(out:find("SNI-CERT-OK", 1, true), "cannot make the SNI certificate:\n" .. out)
+  assert(out:find("CERT-OK", 1, true), "cannot make a server certificate:\n" .. out)
+end
+
+local function make_sni_cert(dir)
+  make_server_cert(dir, "sni", { "a.test", "b.test", "c.test", "d.test", "e.test", "f.test" })
 end
 
 describe("sslctx.ngx in a real nginx", function()
@@ -180,6 +186,34 @@ describe("sslctx.ngx in a real nginx", function()
           assert.truthy(r.err:find(": " .. text, 1, true), r.err .. " / CLI: " .. text)
         end
       end)
+    end
+
+    it("under mode 'never' goes on and keeps the verdict", function()
+      local r = client("mode=never&port=" .. port.EXPIRED_PORT)
+      assert.equal("true", r.ok, r.raw)
+      assert.equal("10 certificate has expired false", r.verify)
+      assert.equal("upstream expired", r.body)
+    end)
+
+    it("reports kind 'ssl' for an upstream that does not speak TLS", function()
+      local r = client("port=" .. port.HTTP_PORT)
+      assert.equal("false", r.ok, r.raw)
+      assert.equal("ssl", r.kind, r.raw)
+    end)
+
+    local has_socket, socket = pcall(require, "socket")
+    if has_socket then
+      it("reports kind 'timeout' when the upstream never answers", function()
+        -- a listener nobody accepts on: the kernel completes TCP, no byte comes back
+        local l = assert(socket.bind("127.0.0.1", 0))
+        local _, p = l:getsockname()
+        local r = client("t=300&port=" .. p)
+        l:close()
+        assert.equal("false", r.ok, r.raw)
+        assert.equal("timeout", r.kind, r.raw)
+      end)
+    else
+      pending("kind 'timeout' (needs LuaSocket for a silent listener)")
     end
 
     it("checks the host the cosocket connected to when opts.hostname is absent", function()
@@ -319,6 +353,7 @@ describe("sslctx.ngx in a real nginx", function()
     for _, version in ipairs({ "-tls1_2", "-tls1_3" }) do
       it("a session made on b.test does not resume on a.test (" .. version .. ")", function()
         local dir = helper.run("mktemp -d /tmp/sslctx-sess.XXXXXX"):match("[^\n]+")
+        finally(function() helper.exec_ok("rm -rf " .. q(dir)) end)
         local b = dir .. "/b.sess"
         local made = s_client("b.test", { version = version, sess_out = b })
         assert.equal("b.test", made.sni, made.raw)
@@ -343,7 +378,6 @@ describe("sslctx.ngx in a real nginx", function()
         assert.is_true(aa.resumed, aa.raw)
         assert.equal("true", aa.verified, aa.raw)
         assert.equal("CN=Test Client,O=sslctx", aa.subject)
-        helper.exec_ok("rm -rf " .. q(dir))
       end)
     end
 
@@ -416,6 +450,16 @@ describe("sslctx.ngx in a real nginx", function()
   describe("reloads", function()
     it("survives five HUP reloads under traffic with no worker crash", function()
       local dir = helper.run("mktemp -d /tmp/sslctx-traffic.XXXXXX"):match("[^\n]+")
+      local pid
+      finally(function()
+        helper.exec_ok("touch " .. q(dir .. "/stop"))
+        local deadline = ng.now() + 15
+        while not helper.file_exists(dir .. "/done") and ng.now() < deadline do ng.sleep(0.05) end
+        if pid and not helper.file_exists(dir .. "/done") then
+          helper.exec_ok("kill " .. tonumber(pid) .. " 2>/dev/null")
+        end
+        helper.exec_ok("rm -rf " .. q(dir))
+      end)
       local stop, out = dir .. "/stop", dir .. "/codes"
       -- Bounded background traffic: cosocket clients and mTLS handshakes, until told to stop.
       local loop = table.concat({
@@ -429,7 +473,7 @@ describe("sslctx.ngx in a real nginx", function()
           " " .. q("https://a.test:" .. port.MTLS_PORT .. "/") .. ";",
         "done > " .. q(out) .. " 2>&1; touch " .. q(dir .. "/done"),
       }, " ")
-      local pid = helper.run("(" .. loop .. ") >/dev/null 2>&1 & echo $!"):match("%d+")
+      pid = helper.run("(" .. loop .. ") >/dev/null 2>&1 & echo $!"):match("%d+")
       assert.truthy(pid)
       ng.sleep(0.3)
       for _ = 1, 5 do
@@ -448,7 +492,6 @@ describe("sslctx.ngx in a real nginx", function()
         total = total + 1
         if c == "200" then good = good + 1 end
       end
-      helper.exec_ok("rm -rf " .. q(dir))
       assert.truthy(total >= 4, "too little traffic: " .. codes)
       assert.equal(total, good, "failed requests during reloads:\n" .. codes)
       assert.equal(0, log_count("exited on signal"), srv:log())
@@ -462,5 +505,88 @@ describe("sslctx.ngx in a real nginx", function()
       local c = client("port=" .. port.GOOD_PORT)
       assert.equal("true", c.ok, c.raw)
     end)
+  end)
+end)
+
+describe("examples/nginx/nginx.conf", function()
+  local srv, tls_port, http_port
+
+  local function curl(name, cert)
+    local args = { "curl -sS --max-time 10 --cacert", q(pki("ca.pem")),
+                   "--resolve", q(name .. ":" .. tls_port .. ":127.0.0.1") }
+    if cert then
+      args[#args + 1] = "--cert " .. q(pki(cert .. "-chain.pem")) .. " --key " .. q(pki(cert .. ".key"))
+    end
+    args[#args + 1] = "-w 'http_code=%{http_code}\\n'"
+    args[#args + 1] = q("https://" .. name .. ":" .. tls_port .. "/")
+    return helper.run(table.concat(args, " ") .. " 2>&1")
+  end
+
+  lazy_setup(function()
+    local cpath = assert(ng.luajit_cpath(ROOT))
+    local ports = ng.free_ports(2)
+    tls_port, http_port = ports[1], ports[2]
+    local conf = assert(ng.read_file("examples/nginx/nginx.conf"))
+    -- this machine's module lines, the free ports, and a user for a root master
+    conf = conf:gsub("load_module [^\n]*ndk_http_module%.so;\n", "")
+               :gsub("load_module [^\n]*ngx_http_lua_module%.so;",
+                     function() return assert(ng.load_modules()) end)
+               :gsub("%f[%d]8443%f[%D]", tostring(tls_port))
+               :gsub("%f[%d]8080%f[%D]", tostring(http_port))
+               :gsub("\nworker_processes", "\n" .. ng.user_line() .. "\nworker_processes", 1)
+    local tmp = helper.run("mktemp -d /tmp/sslctx-site.XXXXXX"):match("[^\n]+")
+    local ok, err = pcall(function()
+      make_server_cert(tmp, "site", { "public.example", "mtls.example", "soft.example" })
+      srv = ng.start{
+        conf = conf,
+        certs = { ["ca.pem"] = pki("ca.pem"), ["site-chain.pem"] = tmp .. "/site-chain.pem",
+                  ["site.key"] = tmp .. "/site.key" },
+        files = { ["conf/policy.lua"] = assert(ng.read_file("examples/nginx/policy.lua")),
+                  ["conf/certs/ca-bundle.pem"] = helper.read("ca.pem") .. helper.read("int.pem") },
+        links = { lua = ROOT .. "/lua", lib = cpath },
+        ports = ports,
+      }
+    end)
+    helper.exec_ok("rm -rf " .. q(tmp))
+    assert(ok, err)
+  end)
+
+  lazy_teardown(function()
+    if srv then srv:stop() end
+  end)
+
+  it("public.example asks for no certificate", function()
+    local out = curl("public.example")
+    assert.truthy(out:find("client certificate: none", 1, true), out)
+    assert.truthy(out:find("http_code=200", 1, true), out)
+  end)
+
+  it("mtls.example lets the allowed client in and no one else", function()
+    local good = curl("mtls.example", "client")
+    assert.truthy(good:find("CN=Test Client,O=sslctx", 1, true), good)
+    assert.truthy(good:find("verified: true", 1, true), good)
+    assert.truthy(curl("mtls.example"):find("alert certificate required", 1, true))
+    local other = curl("mtls.example", "client2")
+    assert.truthy(other:find("alert", 1, true), other)
+    assert.falsy(other:find("http_code=200", 1, true), other)
+  end)
+
+  it("soft.example finishes every handshake and lets the access phase decide", function()
+    local none = curl("soft.example")
+    assert.truthy(none:find("http_code=403", 1, true), none)
+    assert.truthy(none:find("client certificate: none", 1, true), none)
+    local other = curl("soft.example", "client2")
+    assert.truthy(other:find("http_code=403", 1, true), other)
+    assert.truthy(other:find("application verification failure", 1, true), other)
+    local good = curl("soft.example", "client")
+    assert.truthy(good:find("http_code=200", 1, true), good)
+  end)
+
+  it("/fetch is a verified TLS client over a cosocket", function()
+    local out = helper.run("curl -sS --max-time 10 http://127.0.0.1:" .. http_port .. "/fetch 2>&1")
+    assert.truthy(out:find("upstream: CN=site.test via TLSv1.3, ALPN http/1.1, verify: ok", 1, true), out)
+    assert.truthy(out:find("status: HTTP/1.1 200 OK", 1, true), out)
+    assert.truthy(out:find("host: public.example", 1, true), out)
+    assert.equal(0, select(2, srv:log():gsub("exited on signal", "")))
   end)
 end)

@@ -108,7 +108,8 @@ end
 
 local function connect_once(args, ctx, session, rec)
   local sock = ngx.socket.tcp()
-  sock:settimeouts(3000, 3000, 3000)
+  local t = tonumber(args.t) or 3000
+  sock:settimeouts(t, t, t)
   local ok, err = sock:connect("127.0.0.1", tonumber(args.port))
   if not ok then return nil, "connect: " .. tostring(err), "syscall" end
   local opts = { session = session }

@@ -2,9 +2,14 @@
 -- specs, under a temporary prefix, on 127.0.0.1 ports picked free.
 --
 --   nginx.available()                 -> true | nil, why (nginx, ndk + lua modules, LuaJIT build)
+--   nginx.load_modules()              -> the load_module lines (ndk first) | nil, why
+--   nginx.luajit_cpath(root)          -> directory with sslctx/core.so for LuaJIT (built if
+--                                        needed; SSLCTX_NGINX_CPATH overrides) | nil, why
+--   nginx.user_line()                 -> "user root;" under root, else ""
 --   nginx.free_ports(n)               -> { port, ... } (127.0.0.1, distinct, free right now)
 --   nginx.render(text, vars)          ${NAME} -> vars.NAME (unknown names raise)
---   nginx.start{ conf = text, certs = { name = path, ... }, files = { rel = text } }
+--   nginx.start{ conf = text, certs = { name = path, ... }, files = { rel = text },
+--                links = { rel = target }, ports = { port, ... } }
 --                                     -> server (raises with the error log on failure)
 --   server.prefix, server.master      the temp prefix ("/tmp/x/"), the master's pid
 --   server:workers()                  -> { pid, ... } (children of the master)
@@ -228,7 +233,8 @@ local function wait_for_ports(ports, deadline)
 end
 
 -- opts.conf: the configuration text (rendered); opts.certs: { dest_name = source_path };
--- opts.files: { relative_path = text } written into the prefix; opts.ports: ports to wait for.
+-- opts.files: { relative_path = text } written into the prefix; opts.links: { relative_path
+-- = target } symlinks made there; opts.ports: ports to wait for.
 function M.start(opts)
   local prefix = trim(run("mktemp -d /tmp/sslctx-nginx.XXXXXX"))
   assert(prefix:match("^/tmp/sslctx%-nginx%.%w+$"), "mktemp failed: " .. prefix)
@@ -241,6 +247,9 @@ function M.start(opts)
     write_file(prefix .. "conf/certs/" .. dest, data)
   end
   for rel, text in pairs(opts.files or {}) do write_file(prefix .. rel, text) end
+  for rel, target in pairs(opts.links or {}) do
+    assert(exec_ok("ln -s " .. q(target) .. " " .. q(prefix .. rel)), "cannot link " .. rel)
+  end
   write_file(prefix .. "conf/nginx.conf", opts.conf)
   local out = run(q(M.nginx_binary()) .. " -p " .. q(prefix) .. " -c conf/nginx.conf -e logs/error.log")
   local deadline = M.now() + 5
