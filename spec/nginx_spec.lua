@@ -234,6 +234,15 @@ describe("sslctx.ngx in a real nginx", function()
       assert.equal("3", r.ctx_seen)        -- and ngx.ctx is the request's
     end)
 
+    it("lets a callback answer later with sslctx.RETRY (the request coroutine waits)", function()
+      local yes = client("cb=retry&port=" .. port.GOOD_PORT)
+      assert.equal("true", yes.ok, yes.raw)
+      assert.truthy(tonumber(yes.retries) >= 1, yes.raw)
+      local no = client("cb=retry&answer=no&port=" .. port.GOOD_PORT)
+      assert.equal("false", no.ok, no.raw)
+      assert.equal("verify", no.kind, no.raw)
+    end)
+
     it("rejects by fingerprint with a Lua callback", function()
       local pinned = helper.openssl("x509 -in " .. q(pki("server.pem")) ..
                                     " -noout -fingerprint -sha256")

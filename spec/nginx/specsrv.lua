@@ -57,6 +57,21 @@ local function make_callback(args, rec)
       rec.phase = ngx.get_phase()
     end
   end
+  if cb == "retry" then   -- asynchronous decision: RETRY until a timer has answered
+    local state = {}
+    return function(ok, store)
+      if store:depth() ~= 0 then return nil end
+      if state.answer == nil then
+        if not state.started then
+          state.started = true
+          assert(ngx.timer.at(0.02, function() state.answer = (args.answer ~= "no") end))
+        end
+        rec.retries = (rec.retries or 0) + 1
+        return sslctx.RETRY
+      end
+      return ok and state.answer
+    end
+  end
   if cb == "yield" then
     return function() ngx.sleep(0.001) return true end
   end
@@ -126,6 +141,7 @@ function S.client()
   if rec.code then say("cb_code", rec.code) end
   if rec.leaf then say("leaf", rec.leaf) end
   if rec.var then say("var", rec.var) end
+  if rec.retries then say("retries", rec.retries) end
   if rec.phase then say("cb_phase", rec.phase) end
   if ngx.ctx.seen then say("ctx_seen", ngx.ctx.seen) end
   if not stream then
