@@ -9,6 +9,7 @@ local helper = require "helper"
 local ng = require "support.nginx"
 
 local q = helper.sh_quote
+local has_socket, socket = pcall(require, "socket")
 
 local available, why = ng.available()
 if not available then
@@ -201,7 +202,6 @@ describe("sslctx.ngx in a real nginx", function()
       assert.equal("ssl", r.kind, r.raw)
     end)
 
-    local has_socket, socket = pcall(require, "socket")
     if has_socket then
       it("reports kind 'timeout' when the upstream never answers", function()
         -- a listener nobody accepts on: the kernel completes TCP, no byte comes back
@@ -214,6 +214,66 @@ describe("sslctx.ngx in a real nginx", function()
       end)
     else
       pending("kind 'timeout' (needs LuaSocket for a silent listener)")
+    end
+
+    if has_socket then
+      -- An upstream played here, over LuaSocket: sends `data`, then ends with close_notify
+      -- (clean) or by closing the socket (truncation).  -> what /read saw.
+      local function played_upstream(pattern, data, clean)
+        local sslctx = require "sslctx"
+        local sctx = assert(sslctx.new{ side = "server", certificate = pki("server-chain.pem"),
+                                        key = pki("server.key") })
+        local server = assert(socket.bind("127.0.0.1", 0))
+        server:settimeout(5)
+        local _, p = server:getsockname()
+        local proc = io.popen("curl -sS --max-time 10 " ..
+                              q("http://127.0.0.1:" .. port.HTTP_PORT .. "/read?pattern=" .. pattern ..
+                                "&port=" .. p) .. " 2>&1")
+        local c = server:accept()
+        server:close()
+        assert(c, "nginx did not connect")
+        c:settimeout(5)
+        local conn = sctx:new_connection{ socket = c }
+        local function wait(call, ...)
+          for _ = 1, 200 do
+            local r, msg, kind = call(conn, ...)
+            if r then return r end
+            if kind == "want_read" then socket.select({ c }, nil, 5)
+            elseif kind == "want_write" then socket.select(nil, { c }, 5)
+            else error("played upstream: " .. tostring(msg)) end
+          end
+          error("played upstream: no progress")
+        end
+        wait(conn.handshake)
+        wait(conn.write, data)
+        if clean then
+          conn:shutdown()
+          conn:close()
+        else
+          c:close()          -- the socket goes; no close_notify
+          pcall(conn.close, conn)
+        end
+        local out = proc:read("*a")
+        proc:close()
+        return parse(out)
+      end
+
+      it("ends receive('*a') at close_notify", function()
+        local r = played_upstream("a", "line1\nrest", true)
+        assert.equal("line1\\nrest|nil|nil|nil", r.r1, r.raw)
+        assert.equal("nil|closed||closed", r.r2, r.raw)   -- and then: closed
+      end)
+
+      it("never takes a cut without close_notify for the end of data (kind 'eof')", function()
+        local a = played_upstream("a", "line1\nrest", false)
+        assert.truthy(a.r1:find("^nil|eof: [^|]*|line1\\nrest|eof$"), a.raw)
+        local l = played_upstream("l", "line1\nrest", false)
+        assert.equal("line1|nil|nil|nil", l.r1, l.raw)
+        assert.truthy(l.r2:find("^nil|eof: [^|]*|rest|eof$"), l.raw)
+        local n = played_upstream("8", "line1\nrest", false)
+        assert.equal("line1\\nre|nil|nil|nil", n.r1, n.raw)
+        assert.truthy(n.r2:find("^nil|eof: [^|]*|st|eof$"), n.raw)
+      end)
     end
 
     it("checks the host the cosocket connected to when opts.hostname is absent", function()

@@ -286,6 +286,10 @@ local function receive_count(self, n)
 end
 
 local function receive_all(self)
+  if self.read_error and self.buffered == 0 then   -- the end was already delivered
+    local e, k = failure(self.read_error[1], self.read_error[2])
+    return nil, e, "", k
+  end
   for _ = 1, MAX_ROUNDS do
     local ok, err, kind = more(self)
     if not ok then
@@ -343,7 +347,7 @@ function Stream:close()
   if self.closed then return nil, "closed" end
   self.closed = true
   local conn = self.conn
-  if not self.broken and not self.read_error then
+  if not self.broken then   -- (after a failure OpenSSL sends nothing: conn:close() knows)
     pcall(conn.shutdown, conn)
     pcall(flush, self)
   end

@@ -214,6 +214,25 @@ function S.shapes()
   say("send_after_close", tostring(n) .. " " .. tostring(serr))
 end
 
+-- What receive(pattern) gives, three times, from an upstream that the spec plays itself.
+function S.read()
+  local args = ngx.req.get_uri_args()
+  local ctx = new_ctx(args, {})
+  local stream, err, kind = connect_once(args, ctx, nil, {})
+  if not stream then
+    say("ok", false) say("kind", kind) say("err", err)
+    return
+  end
+  local pattern = ({ a = "*a", l = "*l" })[args.pattern] or tonumber(args.pattern)
+  local function show(v) return v == nil and "nil" or (tostring(v):gsub("\n", "\\n")) end
+  for i = 1, 3 do
+    local data, e, partial, k = stream:receive(pattern)
+    say("r" .. i, show(data) .. "|" .. show(e) .. "|" .. show(partial) .. "|" .. show(k))
+    if not data then break end
+  end
+  stream:close()
+end
+
 -- The hook functions refuse to run outside their phases.
 function S.phase()
   local ok1, err1 = sngx.set_policy("x")
