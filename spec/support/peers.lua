@@ -130,11 +130,13 @@ function peers.spawn(cmd, opts)
   opts = opts or {}
   local dir = opts.dir or peers.tmpdir()
   local proc = { dir = dir, log = dir .. "/" .. (opts.name or "proc") .. ".log", cmd = cmd }
-  local line = ("%s timeout -k 3 %d %s >%s 2>&1 <%s & echo $!"):format(
+  -- The shell stays to wait for its child (so that no zombie is left behind); its pipe is
+  -- closed by peers.stop once the child has ended.
+  local line = ("%s timeout -k 3 %d %s >%s 2>&1 <%s & echo $!; wait"):format(
     opts.env or "", opts.lifetime or 120, cmd, q(proc.log), q(opts.stdin or "/dev/null"))
   local p = assert(io.popen(line, "r"))
   local pid = p:read("*l")
-  p:close()
+  proc.handle = p
   proc.pid = tonumber(pid)
   assert(proc.pid, "spawn: no pid for: " .. cmd)
   started[#started + 1] = proc
@@ -162,6 +164,10 @@ function peers.stop(proc)
       sleep(0.05)
     end
     if peers.alive(proc) then os.execute("kill -KILL " .. proc.pid .. " 2>/dev/null") end
+  end
+  if proc.handle then
+    pcall(proc.handle.close, proc.handle)   -- the waiting shell ends with its child
+    proc.handle = nil
   end
   proc.stopped = true
 end
@@ -421,8 +427,8 @@ local function stdin_file(text)
   return path
 end
 
--- openssl s_client: sends opts.send (default "hello sslctx\n"), reads until the server
--- closes (-ign_eof).  opts: port, host (default 127.0.0.1), servername (default
+-- openssl s_client: sends opts.send (default "hello sslctx\n") and "CLOSE", reads until the
+-- server closes (-ign_eof).  opts: port, host (default 127.0.0.1), servername (default
 -- "localhost"; false for none), verify_host (default "localhost"), cafile (default ca.pem),
 -- cert/key (PKI names; cert gets its -chain.pem), tls, expect (text whose arrival means
 -- success; default: the reversal of send, for s_server -rev, or opts.expect).
@@ -443,10 +449,11 @@ function peers.s_client(opts)
   if opts.tls then a[#a + 1] = "-tls" .. opts.tls:gsub("%.", "_") end
   if opts.extra then a[#a + 1] = opts.extra end
   local send = opts.send or "hello sslctx\n"
-  local out, code = peers.run(table.concat(a, " "), { stdin = stdin_file(send),
+  -- "CLOSE" makes `s_server -rev` end the connection (the module server ends it anyway)
+  local out, code = peers.run(table.concat(a, " "), { stdin = stdin_file(send .. "CLOSE\n"),
                                                        timeout = opts.timeout or 10 })
   local expect = opts.expect or (send:gsub("\n$", ""):reverse())
-  local vcode = tonumber(out:match("Verify return code: (%d+)"))
+  local vcode = tonumber(out:match("verify error:num=(%d+)") or out:match("Verify return code: (%d+)"))
   return out:find(expect, 1, true) ~= nil, out, code, vcode
 end
 
