@@ -77,7 +77,7 @@ describe("LuaJIT FFI callbacks", function()
 
   it("runs an FFI callback made from a Lua function, once per certificate", function()
     local calls = {}
-    local cb = ffi.cast(SIG, function(ok, store)
+    local cb = ffi.cast(SIG, function(ok)
       calls[#calls + 1] = ok
       return ok
     end)

@@ -121,7 +121,7 @@ local function http_get(stream, host)
   return status, body
 end
 
-local function connect_once(args, ctx, session, rec)
+local function connect_once(args, ctx, session)
   local sock = ngx.socket.tcp()
   local t = tonumber(args.t) or 3000
   sock:settimeouts(t, t, t)
@@ -136,7 +136,7 @@ function S.client()
   local args = ngx.req.get_uri_args()
   local rec = {}
   local ctx = new_ctx(args, rec)
-  local stream, err, kind = connect_once(args, ctx, nil, rec)
+  local stream, err, kind = connect_once(args, ctx, nil)
   say("callbacks", table.concat(rec, ","))
   if rec.code then say("cb_code", rec.code) end
   if rec.leaf then say("leaf", rec.leaf) end
@@ -165,7 +165,7 @@ function S.client()
   say("session", session ~= nil)
   stream:close()
   if args.session == "1" and session then
-    local s2, err2, kind2 = connect_once(args, ctx, session, rec)
+    local s2, err2, kind2 = connect_once(args, ctx, session)
     if not s2 then
       say("second", "failed " .. tostring(kind2) .. " " .. tostring(err2))
     else
@@ -180,7 +180,7 @@ function S.client()
     local a2 = {}
     for k, v in pairs(args) do a2[k] = v end
     a2.host = (args.host == "127.0.0.1") and "localhost" or "127.0.0.1"
-    local s3 = connect_once(a2, ctx, session, rec)
+    local s3 = connect_once(a2, ctx, session)
     if s3 then
       say("other_host_reused", s3:connection():session_reused())
       s3:close()
@@ -192,7 +192,7 @@ end
 function S.shapes()
   local args = ngx.req.get_uri_args()
   local ctx = new_ctx(args, {})
-  local stream, err, kind = connect_once(args, ctx, nil, {})
+  local stream, err, kind = connect_once(args, ctx, nil)
   if not stream then
     say("ok", false) say("kind", kind) say("err", err)
     return
@@ -218,7 +218,7 @@ end
 function S.read()
   local args = ngx.req.get_uri_args()
   local ctx = new_ctx(args, {})
-  local stream, err, kind = connect_once(args, ctx, nil, {})
+  local stream, err, kind = connect_once(args, ctx, nil)
   if not stream then
     say("ok", false) say("kind", kind) say("err", err)
     return
@@ -287,7 +287,7 @@ function S.cert_a()
 end
 
 -- c.test: soft fail; the callback rejects client2 by fingerprint (recorded, not fatal).
-function S.check_c(ok, store)
+function S.check_c(_, store)
   if store:depth() == 0 and store:cert():fingerprint() == S.client2_fp then return false end
   return nil
 end
