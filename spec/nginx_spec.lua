@@ -151,6 +151,20 @@ describe("sslctx.ngx in a real nginx", function()
     if srv then srv:stop() end
   end)
 
+  it("loads into the worker sharing nginx's one libssl and libcrypto", function()
+    local r = parse(http("/maps"))
+    local ssl, crypto, core = 0, 0, 0
+    for path in (r.paths or ""):gmatch("[^,]+") do
+      if path:find("libssl", 1, true) then ssl = ssl + 1 end
+      if path:find("libcrypto", 1, true) then crypto = crypto + 1 end
+      if path:find("sslctx/core.so", 1, true) then core = core + 1 end
+    end
+    assert.equal(1, ssl, r.raw)
+    assert.equal(1, crypto, r.raw)
+    assert.equal(1, core, r.raw)
+    assert.truthy(r.openssl and r.openssl:find("^OpenSSL "), r.raw)
+  end)
+
   describe("client over a cosocket (sngx.connect)", function()
     -- What `openssl s_client` says of an upstream: its verify code and text.
     local function cli_verdict(upstream_port, host)
@@ -171,7 +185,7 @@ describe("sslctx.ngx in a real nginx", function()
     }
     for _, u in ipairs(upstreams) do
       local label, pname, host = u[1], u[2], u[3]
-      it("gives the OpenSSL CLI's verdict against a " .. label .. " upstream", function()
+      it("gives the OpenSSL CLI's verdict, upstream: " .. label, function()
         local code, text = cli_verdict(port[pname], host)
         local r = client("cb=record&port=" .. port[pname] .. "&host=" .. host)
         if code == 0 then

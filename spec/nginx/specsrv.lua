@@ -233,6 +233,25 @@ function S.read()
   stream:close()
 end
 
+-- One OpenSSL in the worker: the module shares nginx's libssl/libcrypto.
+function S.maps()
+  local version = sslctx.openssl_version()
+  local f = assert(io.open("/proc/self/maps", "r"))
+  local seen, list = {}, {}
+  for line in f:lines() do
+    local path = line:match("%s(/%S+)$")
+    if path and (path:find("libssl", 1, true) or path:find("libcrypto", 1, true) or
+                 path:find("sslctx/core.so", 1, true)) and not seen[path] then
+      seen[path] = true
+      list[#list + 1] = path
+    end
+  end
+  f:close()
+  table.sort(list)
+  say("openssl", version)
+  say("paths", table.concat(list, ","))
+end
+
 -- The hook functions refuse to run outside their phases.
 function S.phase()
   local ok1, err1 = sngx.set_policy("x")
