@@ -532,7 +532,9 @@ end
 function M.borrow()
   local p, err = ssl_pointer()
   if not p then return nil, err end
-  return sslctx.borrow(p)
+  local ok, conn = pcall(sslctx.borrow, p)
+  if not ok then return nil, "sslctx.ngx: cannot borrow the connection: " .. tostring(conn) end
+  return conn
 end
 
 -- Callback errors on a borrowed connection go to the error log (one function for all).
