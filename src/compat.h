@@ -4,6 +4,11 @@
 
 #include <lua.h>
 #include <lauxlib.h>
+/* LuaJIT's luaconf.h (included by lua.h) defines LUA_LJDIR: only then is luajit.h, with
+ * LUAJIT_VERSION_NUM, ours to include (cdata pointers are accepted only under LuaJIT). */
+#ifdef LUA_LJDIR
+#include <luajit.h>
+#endif
 #include <openssl/ssl.h>
 #include <openssl/opensslv.h>
 

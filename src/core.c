@@ -232,6 +232,33 @@ static int l_openssl_version(lua_State *L) {
   return luaL_argerror(L, 1, lua_pushfstring(L, "unknown item '%s'", what));
 }
 
+/* Under LuaJIT a cdata argument may be a pointer; only LuaJIT's ffi can tell what type it
+ * is, so the Lua front registers a checker (sslctx.core._set_cdata_checker) that C asks. */
+static const char cdata_checker_key = 'c';
+
+static int l_set_cdata_checker(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_pushvalue(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &cdata_checker_key);
+  return 0;
+}
+
+int sx_cdata_is(lua_State *L, int idx, const char *what) {
+  int ok;
+  idx = lua_absindex(L, idx);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &cdata_checker_key);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;   /* no way to check the type: refuse rather than guess */
+  }
+  lua_pushvalue(L, idx);
+  lua_pushstring(L, what);
+  lua_call(L, 2, 1);
+  ok = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return ok;
+}
+
 int sx_context_new(lua_State *L);
 int sx_session_new(lua_State *L);
 int sx_x509_new(lua_State *L);
@@ -270,6 +297,7 @@ int luaopen_sslctx_core(lua_State *L) {
     {"crl", sx_crl_new},
     {"openssl_version", l_openssl_version},
     {"borrow", sx_hook_borrow},
+    {"_set_cdata_checker", l_set_cdata_checker},
     {NULL, NULL}
   };
   check_runtime_version(L);

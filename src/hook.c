@@ -31,7 +31,7 @@ typedef struct sx_hook {
 
 static int hook_ex_index = -1;
 static CRYPTO_ONCE hook_once = CRYPTO_ONCE_STATIC_INIT;
-static const char vm_key = 'v', thread_key = 't';
+static const char vm_key = 'v', thread_key = 't', message_key = 'm';
 
 static void vm_unref(sx_vm *vm) {
   if (--vm->refs == 0) OPENSSL_free(vm);
@@ -110,6 +110,9 @@ static sx_vm *vm_get(lua_State *L) {
   vm->thread = lua_newthread(L);
   sx_hook_clear_request(vm->thread);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &thread_key);
+  /* A slot made now, so that storing a failed callback's message later does not allocate. */
+  lua_pushboolean(L, 0);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &message_key);
   return vm;
 }
 
@@ -118,7 +121,10 @@ static SSL *check_ssl_pointer(lua_State *L, int arg) {
   void *p = NULL;
   if (lua_type(L, arg) == LUA_TLIGHTUSERDATA) p = lua_touserdata(L, arg);
 #ifdef LUAJIT_VERSION_NUM
-  else if (lua_type(L, arg) == 10) p = *(void *const *)lua_topointer(L, arg);
+  else if (lua_type(L, arg) == 10) {
+    if (!sx_cdata_is(L, arg, "pointer")) luaL_argerror(L, arg, "cdata must be a pointer (SSL*)");
+    p = *(void *const *)lua_topointer(L, arg);
+  }
 #endif
   else luaL_argerror(L, arg, lua_pushfstring(L, "SSL pointer (light userdata or cdata) expected, "
                                                 "got %s", luaL_typename(L, arg)));
@@ -171,13 +177,15 @@ void sx_hook_detach(sx_conn *conn) {
  * goes to the logger the Lua side installed (uv.logger), then the stack is restored. */
 static int log_helper(lua_State *L) {
   sx_conn *conn = (sx_conn *)lua_touserdata(L, 1);
-  int msg = conn->cb_err_index;
+  int msg;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &message_key);
+  msg = lua_gettop(L);
   sx_conn_push(L, conn);
   lua_getfield(L, -1, "logger");
   if (lua_isnil(L, -1)) return 0;
   lua_pushfstring(L, "sslctx: %s callback: ", conn->cb_name != NULL ? conn->cb_name : "verify");
   if (lua_type(L, msg) == LUA_TSTRING || lua_type(L, msg) == LUA_TNUMBER) lua_pushvalue(L, msg);
-  else lua_pushstring(L, luaL_typename(L, msg));
+  else lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, msg));
   lua_concat(L, 2);
   lua_call(L, 1, 0);
   return 0;
@@ -186,7 +194,12 @@ static int log_helper(lua_State *L) {
 void sx_hook_report(sx_conn *conn, int base) {
   lua_State *L = conn->L;
   if (conn->cb_failed && conn->cb_err_index > base) {
+    /* the helper runs in a frame of its own: hand it the message through the registry */
+    lua_pushvalue(L, conn->cb_err_index);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &message_key);
     if (sx_cpcall(L, log_helper, conn) != LUA_OK) lua_pop(L, 1);
+    lua_pushboolean(L, 0);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &message_key);
   }
   lua_settop(L, base);
 }

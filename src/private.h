@@ -117,7 +117,9 @@ int sx_checkoption(lua_State *L, int arg, const char *def, const char *const nam
 /* Accepts "a_b" and "a-b" spellings of keyword names; -1 if unknown. */
 int sx_keyword_index(const char *s, const char *const names[]);
 int sx_is_pem_text(const char *s, size_t len);  /* first non-blank is "-----BEGIN" */
-int sx_has_retry_verify(void);                  /* runtime OpenSSL has SSL_set_retry_verify */
+int sx_has_retry_verify(void);
+/* Under LuaJIT: is the cdata at idx a "function" pointer / a data "pointer"? (Lua checker) */
+int sx_cdata_is(lua_State *L, int idx, const char *what);                  /* runtime OpenSSL has SSL_set_retry_verify */
 
 /* SHA-256 for policy digests (session id contexts).  A failed allocation makes the digest
  * all-zero-but-unique-per-call impossible, so sx_digest_final reports it: 0 on failure. */

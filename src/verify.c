@@ -196,7 +196,10 @@ void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb) {
   default:
 #ifdef LUAJIT_VERSION_NUM
     if (lua_type(L, idx) == LUA_TCDATA_JIT) {  /* a pointer cdata's payload is the pointer */
-      const void *const *payload = (const void *const *)lua_topointer(L, idx);
+      const void *const *payload;
+      if (!sx_cdata_is(L, idx, "function"))
+        sx_where_error(L, w, "cdata callback must be a C function pointer");
+      payload = (const void *const *)lua_topointer(L, idx);
       if (payload == NULL || *payload == NULL) sx_where_error(L, w, "NULL function pointer");
       cb->kind = SX_CB_C;
       cb->fn = fn_from_pointer((void *)*payload);
@@ -208,10 +211,14 @@ void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb) {
   }
 }
 
+int sslctx_cb_preverify(int ok, X509_STORE_CTX *store);
+
 /* Soft fail lets every handshake finish with the verdict recorded: the trampoline wraps
- * whatever callback there is, and a missing certificate is not fatal. */
+ * whatever callback there is, and a missing certificate is not fatal.  "No callback" installs
+ * one that returns OpenSSL's verdict: SSL_set_verify ignores a NULL callback and would keep
+ * the previous one (on nginx's SSL, nginx's own, which accepts everything). */
 void sx_apply_verify(SSL *ssl, const sx_policy *p, int soft_fail) {
-  sx_verify_fn fn = NULL;
+  sx_verify_fn fn = sslctx_cb_preverify;
   int mode = p->mode;
   if (soft_fail) {
     fn = sx_verify_trampoline;
@@ -226,7 +233,6 @@ void sx_apply_verify(SSL *ssl, const sx_policy *p, int soft_fail) {
 
 /* ---- shipped C callbacks (trusted native code) ------------------------- */
 
-int sslctx_cb_preverify(int ok, X509_STORE_CTX *store);
 int sslctx_cb_reject_all(int ok, X509_STORE_CTX *store);
 int sslctx_cb_insecure_accept_all(int ok, X509_STORE_CTX *store);
 
