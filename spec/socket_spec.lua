@@ -447,6 +447,23 @@ describe("sslctx.socket", function()
       peers.stop(proc)
     end)
 
+    it("connects over IPv6 loopback, checking ::1 as an IP", function()
+      local probe = socket.bind("::1", 0)
+      if not probe then
+        pending("no IPv6 loopback here")
+        return
+      end
+      probe:close()
+      local proc = peers.module_server({ host = "::1", max = 1 })
+      finally(function() peers.stop(proc) end)
+      local s, msg, kind = sslsocket.connect("::1", proc.port, { ctx = helper.client_ctx(), timeout = 5 })
+      assert.truthy(s, tostring(msg) .. " " .. tostring(kind))
+      s:send("v6\n")
+      assert.equal("6v", s:receive("*l"))
+      assert.is_true((s:getpeerverification()))
+      s:close()
+    end)
+
     it("a refused connection and a silent peer are nil, message, kind", function()
       local port = peers.free_port()
       local s, msg, kind = sslsocket.connect("127.0.0.1", port, { ctx = helper.client_ctx(), timeout = 2 })
