@@ -40,7 +40,7 @@ all:
 	  if [ -z "$(LUA)" ] && ! pkg-config --exists "$$lua" 2>/dev/null; then \
 	    echo "make: skipping $$lua (no pkg-config module; run 'make deps')"; continue; \
 	  fi; \
-	  $(MAKE) --no-print-directory "build/$$lua/sslctx/core.so"; built=$$((built + 1)); \
+	  $(MAKE) -s --no-print-directory "build/$$lua/sslctx/core.so"; built=$$((built + 1)); \
 	done; \
 	if [ "$$built" -eq 0 ]; then echo "make: no Lua development files found; run 'make deps'" >&2; exit 1; fi
 
@@ -66,8 +66,8 @@ $(PKI_DIR)/.done: spec/certs/make-pki.sh FORCE
 # them all, read from busted's own summary line
 # ("N successes / N failures / N errors / N pending").
 test:
-	@$(MAKE) --no-print-directory deps
-	@$(MAKE) --no-print-directory $(PKI_DIR)/.done
+	@$(MAKE) -s --no-print-directory deps
+	@$(MAKE) -s --no-print-directory $(PKI_DIR)/.done
 	@luas="$(or $(LUA),$(LUAS))"; explicit="$(LUA)"; \
 	passed=0; failed=0; pending=0; bad=""; skipped=""; ran=""; \
 	mkdir -p build; \
@@ -81,7 +81,7 @@ test:
 	    if [ -n "$$explicit" ]; then echo "make test: cannot run under $$lua: $$why" >&2; exit 1; fi; \
 	    echo "=== skipping $$lua: $$why"; skipped="$$skipped $$lua"; continue; \
 	  fi; \
-	  if ! $(MAKE) --no-print-directory "build/$$lua/sslctx/core.so"; then \
+	  if ! $(MAKE) -s --no-print-directory "build/$$lua/sslctx/core.so"; then \
 	    echo "=== $$lua: build failed"; bad="$$bad $$lua"; failed=$$((failed + 1)); continue; \
 	  fi; \
 	  echo "=== $$lua: $$("$$lua" -v 2>&1 | head -n 1)"; \
@@ -105,9 +105,9 @@ test:
 	[ -z "$$bad" ] && [ -n "$$ran" ]
 
 demo:
-	@$(MAKE) --no-print-directory deps
-	@$(MAKE) --no-print-directory "build/$(DEMO_LUA)/sslctx/core.so"
-	LUA_CPATH="build/$(DEMO_LUA)/?.so;;" $(DEMO_LUA) examples/mtls_demo.lua
+	@$(MAKE) -s --no-print-directory deps
+	@$(MAKE) -s --no-print-directory "build/$(DEMO_LUA)/sslctx/core.so"
+	@LUA_CPATH="build/$(DEMO_LUA)/?.so;;" $(DEMO_LUA) examples/mtls_demo.lua
 
 # Also what an in-tree `luarocks make` leaves behind.
 clean:
