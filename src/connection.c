@@ -119,17 +119,37 @@ static int push_kind(lua_State *L, const char *kind) {
   return 3;
 }
 
+/* An error object's __tostring, run protected: it is user code too. */
+static int tostring_helper(lua_State *L) {
+  luaL_callmeta(L, 1, "__tostring");
+  return 1;
+}
+
+/* Pushes the text of the error value at idx. */
+static void push_error_text(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER) {
+    lua_pushstring(L, lua_tostring(L, idx));
+    return;
+  }
+  if (luaL_getmetafield(L, idx, "__tostring") != 0) {
+    lua_pop(L, 1);
+    lua_pushcfunction(L, tostring_helper);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) return;
+    lua_pop(L, 1);
+  }
+  lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+}
+
 /* The failure of a Lua callback: nil, "<name> callback: <error>", "callback". */
 static int push_callback_error(lua_State *L, sx_conn *conn) {
-  int idx = conn->cb_err_index;
   const char *name = conn->cb_name != NULL ? conn->cb_name : "verify";
   conn->failed = 1;
   ERR_clear_error();
   lua_pushnil(L);
-  if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER)
-    lua_pushfstring(L, "%s callback: %s", name, lua_tostring(L, idx));
-  else
-    lua_pushfstring(L, "%s callback: (error object is a %s value)", name, luaL_typename(L, idx));
+  push_error_text(L, conn->cb_err_index);
+  lua_pushfstring(L, "%s callback: %s", name, lua_tostring(L, -1));
+  lua_remove(L, -2);
   lua_pushliteral(L, "callback");
   return 3;
 }
