@@ -49,14 +49,12 @@ end
 -- Endpoints: one TLS connection each, server or client side, driven without blocking.
 
 local endpoints = {}     -- list of live endpoints
-local by_sock = {}       -- LuaSocket object -> endpoint
 
 local function add_endpoint(tcp, conn, role)
   tcp:settimeout(0)
   local ep = { tcp = tcp, conn = conn, role = role, inbuf = "", outbuf = "",
                handshaken = false, want = "want_read", closing = false }
   endpoints[#endpoints + 1] = ep
-  by_sock[tcp] = ep
   return ep
 end
 
@@ -65,7 +63,6 @@ local function drop(ep, why)
   ep.dead = true
   ep.why = why
   pcall(ep.conn.close, ep.conn)   -- close_notify after a clean handshake; closes the socket
-  by_sock[ep.tcp] = nil
   if ep.on_close then ep.on_close(ep, why) end
 end
 

@@ -188,7 +188,7 @@ describe("examples", function()
       -- no certificate: refused
       local n = assert(client(port, nil))
       line, err = n:receive("*l")
-      assert.is_nil(line)
+      assert.is_nil(line, err)
       n:close()
       local ok = false
       for _ = 1, 100 do

@@ -52,8 +52,8 @@ local gettime = socket.gettime
 local select_ = socket.select
 local floor, min, max = math.floor, math.min, math.max
 local concat = table.concat
-local type, tostring, tonumber, pcall, error, pairs, setmetatable =
-      type, tostring, tonumber, pcall, error, pairs, setmetatable
+local type, tostring, tonumber, pcall, error, pairs, next, select, setmetatable =
+      type, tostring, tonumber, pcall, error, pairs, next, select, setmetatable
 
 local M = { _VERSION = "sslctx.socket 0.1" }
 
@@ -96,9 +96,9 @@ local function wait(self, dir, start)
   local t = time_left(self, start)
   if t == 0 then return false end
   local set = { self.sock }
-  local r, w, err
-  if dir == "r" then r, w, err = select_(set, nil, t)
-  else r, w, err = select_(nil, set, t) end
+  local err
+  if dir == "r" then err = select(3, select_(set, nil, t))
+  else err = select(3, select_(nil, set, t)) end
   if err == "timeout" then return false end
   if err then return false, err end
   return true
@@ -581,8 +581,7 @@ function Stream:getpeerverification()
   if not conn then return false, { { "no connection" } }, false end
   local code, str, verified = conn:verify_result()
   local errs = self.verify_errors
-  local any = false
-  if errs then for _ in pairs(errs) do any = true; break end end
+  local any = errs ~= nil and next(errs) ~= nil
   if code == 0 and not any then return true, nil, verified end
   if not any then errs = { { str } } end
   return false, errs, verified
