@@ -16,7 +16,7 @@ SHELL := /bin/bash
 CC ?= cc
 CFLAGS_SX := -std=c99 -O2 -g -fPIC -Wall -Wextra -Werror
 # Lua interpreters, each also its pkg-config name (Debian's naming; luajit too).
-LUAS ?= lua5.1 lua5.2 lua5.3 lua5.4
+LUAS ?= lua5.1 lua5.2 lua5.3 lua5.4 luajit
 DEMO_LUA ?= lua5.4
 BUSTED ?= /usr/bin/busted
 
@@ -32,7 +32,7 @@ unexport LUA_PATH_5_2 LUA_PATH_5_3 LUA_PATH_5_4 LUA_CPATH_5_2 LUA_CPATH_5_3 LUA_
 PKI_DIR := $(CURDIR)/build/pki
 export SSLCTX_PKI_DIR := $(PKI_DIR)
 
-.PHONY: all deps test demo clean FORCE
+.PHONY: all deps test demo clean check check-asan check-valgrind check-gc fuzz bench lint rock FORCE
 
 all:
 	@set -e; luas="$(or $(LUA),$(LUAS))"; built=0; \
@@ -108,6 +108,29 @@ demo:
 	@$(MAKE) -s --no-print-directory deps
 	@$(MAKE) -s --no-print-directory "build/$(DEMO_LUA)/sslctx/core.so"
 	@LUA_CPATH="build/$(DEMO_LUA)/?.so;;" $(DEMO_LUA) examples/mtls_demo.lua
+
+# Hardening (doc/hardening.md): sanitizers, valgrind, aggressive GC, fuzzing.
+check-asan check-valgrind check-gc: deps $(PKI_DIR)/.done
+	@$(MAKE) -s --no-print-directory "build/lua5.4/sslctx/core.so"
+	@SRCS="$(SRCS)" bash scripts/$@.sh
+
+FUZZ_SECONDS ?= 30
+fuzz: deps
+	@SRCS="$(SRCS)" FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
+# luacheck over lua/, spec/, examples/, bench/; luarocks lint + make into a local tree.
+lint: deps
+	@bash scripts/luacheck.sh
+
+rock: deps
+	@bash scripts/rock.sh
+
+check: lint rock check-asan check-valgrind check-gc fuzz
+
+# Benchmarks against a C reference (bench/RESULTS.md); never part of the tests.
+bench: deps
+	@$(MAKE) -s --no-print-directory "build/lua5.4/sslctx/core.so"
+	@bash bench/bench.sh
 
 # Also what an in-tree `luarocks make` leaves behind.
 clean:

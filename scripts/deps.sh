@@ -5,7 +5,10 @@
 # dpkg check, so that every `make test` stays cheap.
 set -eu
 
-# The one list. Add packages here (e.g. gnutls-bin nginx luajit2 curl).
+# The one list.  luajit2/libluajit2-5.1-dev are OpenResty's LuaJIT (they replace
+# libluajit-5.1-dev); the peers (openssl, gnutls, nginx with its lua module, curl,
+# LuaSec) are what the interop, OpenResty and LuaSec-facade specs run against; clang
+# and valgrind serve the hardening checks, luarocks the rock check.
 PACKAGES="
     gcc libc6-dev make pkg-config
     libssl-dev openssl ca-certificates
@@ -13,7 +16,10 @@ PACKAGES="
     lua5.2 liblua5.2-dev
     lua5.3 liblua5.3-dev
     lua5.4 liblua5.4-dev
-    lua-busted lua-socket lua-check
+    luajit2 libluajit2-5.1-dev
+    lua-busted lua-socket lua-check lua-sec luarocks
+    gnutls-bin curl nginx libnginx-mod-http-lua
+    clang libclang-rt-14-dev valgrind
 "
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +45,16 @@ if [ -n "$missing" ]; then
         exit 1
     fi
     echo "deps.sh: installing:$missing"
+    # Debian's nginx starts a server on every interface's port 80 when installed: a
+    # temporary policy-rc.d that answers 101 keeps every package from starting anything.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        made_policy=1
+    fi
+    trap '[ -z "$made_policy" ] || rm -f "$policy"' EXIT
     apt-get update -q
     # shellcheck disable=SC2086  # word splitting of the list is intended
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
