@@ -239,9 +239,12 @@ static void remember_first_peer(sx_conn *conn) {
 static int conn_handshake(lua_State *L) {
   sx_conn *conn = drive_begin(L, "handshake");
   int r, n;
-  if (conn->failed) {
+  if (conn->failed) {   /* OpenSSL would try again from a broken state: say it failed */
     drive_end(conn);
-    return luaL_error(L, "handshake on a connection that has failed");
+    lua_pushnil(L);
+    lua_pushliteral(L, "ssl: the connection has already failed");
+    lua_pushliteral(L, "ssl");
+    return 3;
   }
   errno = 0;
   r = SSL_do_handshake(conn->ssl);
@@ -307,11 +310,6 @@ static int conn_read(lua_State *L) {
   }
   luaL_pushresult(&b);
   lua_pop(L, 1);
-  if (want == 0 && lua_isnoneornil(L, 2) && r > 0) {
-    drive_end(conn);
-    lua_pushliteral(L, "");
-    return 1;
-  }
   n = push_io_result(L, conn, st);
   drive_end(conn);
   return n;
