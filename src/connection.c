@@ -62,9 +62,33 @@ static void close_socket(lua_State *L, int obj, int protected_call) {
   lua_pop(L, 2);
 }
 
+/* getfd() of the LuaSocket object, run protected when asked (in __gc). */
+static int socket_current_fd(lua_State *L, int obj, int protected_call) {
+  int fd = -1;
+  sx_getuv(L, obj);
+  lua_getfield(L, -1, "socket");
+  lua_getfield(L, -1, "getfd");
+  lua_pushvalue(L, -2);
+  if (protected_call ? lua_pcall(L, 1, 1, 0) == LUA_OK : (lua_call(L, 1, 1), 1))
+    fd = sx_isintegral(L, -1) ? (int)lua_tointeger(L, -1) : -1;
+  lua_pop(L, 3);
+  return fd;
+}
+
+/* A LuaSocket object closed under the connection frees its descriptor number for reuse by
+ * an unrelated socket: nothing may be sent on it any more, not even close_notify. */
+static int socket_gone(lua_State *L, sx_conn *conn, int obj, int protected_call) {
+  if (conn->transport != SX_T_SOCKET || conn->fd < 0) return 0;
+  if (socket_current_fd(L, obj, protected_call) == conn->fd) return 0;
+  conn->failed = 1;
+  conn->fd = -1;
+  return 1;
+}
+
 static int conn_gc(lua_State *L) {
   sx_conn *conn = conn_check_any(L, 1);
   int was_socket = conn->ssl != NULL && conn->transport == SX_T_SOCKET && conn->close_transport;
+  if (conn->ssl != NULL) socket_gone(L, conn, 1, 1);
   conn_release(conn);
   if (was_socket) close_socket(L, 1, 1);
   return 0;
@@ -77,6 +101,7 @@ static int conn_close(lua_State *L) {
     return luaL_error(L, "close on a borrowed connection: its owner frees it");
   if (conn->in_callback) return luaL_error(L, "close called from inside this connection's own callback");
   was_socket = conn->ssl != NULL && conn->transport == SX_T_SOCKET && conn->close_transport;
+  if (conn->ssl != NULL) socket_gone(L, conn, 1, 0);
   conn_release(conn);
   if (was_socket) close_socket(L, 1, 0);
   return 0;
@@ -100,6 +125,8 @@ static sx_conn *drive_begin(lua_State *L, const char *what) {
   if (conn->in_callback)
     luaL_error(L, "%s called from inside this connection's own callback", what);
   luaL_checkstack(L, 16, "sslctx: no stack space for callbacks");
+  if (socket_gone(L, conn, 1, 0))
+    luaL_error(L, "%s: the LuaSocket object was closed under the connection", what);
   conn->L = L;
   conn->cb_failed = 0;
   conn->cb_err_index = 0;
