@@ -5,7 +5,7 @@ local core = require "sslctx.core"
 
 local sslctx = {}
 for k, v in pairs(core) do
-  if k:sub(1, 1) ~= "_" then sslctx[k] = v end
+  if k ~= "_set_cdata_checker" then sslctx[k] = v end   -- internal: see below
 end
 
 -- Under LuaJIT, C reads a pointer cdata's payload as the pointer; only the ffi knows a

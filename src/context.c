@@ -949,10 +949,21 @@ static int ctx_set_session_callback(lua_State *L) {
   return 0;
 }
 
+/* 0 turns the server's session cache off (OpenSSL would read 0 as "unlimited"): with
+ * session_tickets = false too, a server then resumes nothing. */
 static int set_cache_size(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  long size, mode;
   if (!sx_isintegral(L, idx) || lua_tointeger(L, idx) < 0)
     return sx_where_error(L, w, "session cache size must be a non-negative integer");
-  SSL_CTX_sess_set_cache_size(c->ctx, (long)lua_tointeger(L, idx));
+  size = (long)lua_tointeger(L, idx);
+  mode = SSL_CTX_get_session_cache_mode(c->ctx);
+  if (size == 0) {
+    mode &= ~(long)SSL_SESS_CACHE_SERVER;
+  } else {
+    SSL_CTX_sess_set_cache_size(c->ctx, size);
+    mode |= SSL_SESS_CACHE_SERVER;
+  }
+  SSL_CTX_set_session_cache_mode(c->ctx, mode);
   return 0;
 }
 

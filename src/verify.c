@@ -54,7 +54,7 @@ static int parse_preset_mode(lua_State *L, int idx, int side, sx_where w) {
       return sx_where_error(L, w, lua_pushfstring(L, "mode '%s' is for the server side only", s));
     return presets[i].mode;
   }
-  return sx_where_error(L, w, lua_pushfstring(L, "unknown mode '%s'", s));
+  return sx_where_error(L, w, lua_pushfstring(L, "unknown mode keyword '%s'", s));
 }
 
 static int parse_keyword_mode(lua_State *L, int idx, int side, sx_where w) {
