@@ -190,6 +190,9 @@ static int is_verify_failure(unsigned long e) {
 
 static int push_ssl_failure(lua_State *L, sx_conn *conn) {
   unsigned long e = ERR_peek_error();
+  /* "certificate verify failed" may follow another entry (a certificate whose extensions do
+   * not parse queues "invalid certificate" first): it decides the kind wherever it is. */
+  if (!is_verify_failure(e) && is_verify_failure(ERR_peek_last_error())) e = ERR_peek_last_error();
   conn->failed = 1;
   if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
     ERR_clear_error();
@@ -741,7 +744,10 @@ static int conn_set_trust(lua_State *L) {
   if (lua_isnil(L, 3) && lua_isnil(L, 4)) return luaL_argerror(L, 2, "'ca_file' or 'ca' expected");
   if (!lua_isnil(L, 3) && lua_type(L, 3) != LUA_TSTRING) return luaL_argerror(L, 2, "'ca_file' must be a string");
   file = lua_tostring(L, 3);
-  if (!lua_isnil(L, 4) && (certs = sx_load_certs(L, 4, "ca")) == NULL) return 3;  /* may raise: first */
+  if (!lua_isnil(L, 4)) {   /* may raise: before anything is allocated */
+    sx_where w = {2, "ca"};
+    if ((certs = sx_load_certs(L, 4, "ca", w)) == NULL) return 3;
+  }
   store = X509_STORE_new();
   names = sk_X509_NAME_new_null();
   ERR_clear_error();

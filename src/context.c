@@ -272,8 +272,8 @@ static void trust_log_add(sx_ctx *c, const char *what, const char *s) {
   sx_digest_final(&d, c->trust_log);
 }
 
-static int add_crl_from(lua_State *L, sx_ctx *c, int idx) {
-  STACK_OF(X509_CRL) *crls = sx_load_crls(L, idx);
+static int add_crl_from(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  STACK_OF(X509_CRL) *crls = sx_load_crls(L, idx, w);
   X509_STORE *store;
   int i;
   if (crls == NULL) return 3;
@@ -290,8 +290,9 @@ static int add_crl_from(lua_State *L, sx_ctx *c, int idx) {
 
 static int ctx_add_crl(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
   luaL_checkany(L, 2);
-  return add_crl_from(L, c, 2);
+  return add_crl_from(L, c, 2, w);
 }
 
 static int load_locations(lua_State *L, sx_ctx *c, const char *file, const char *dir) {
@@ -330,8 +331,8 @@ static int ctx_set_default_verify_paths(lua_State *L) {
 
 /* Adds PEM text (or an x509 / list) at idx to the trust store, and its subjects to the client
  * CA list when add_names. */
-static int add_ca_certs(lua_State *L, sx_ctx *c, int idx, int add_names) {
-  STACK_OF(X509) *certs = sx_load_certs(L, idx, "ca");
+static int add_ca_certs(lua_State *L, sx_ctx *c, int idx, int add_names, sx_where w) {
+  STACK_OF(X509) *certs = sx_load_certs(L, idx, "ca", w);
   X509_STORE *store;
   int i;
   if (certs == NULL) return 3;
@@ -379,7 +380,7 @@ static int set_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
     STACK_OF(X509) *certs;
     int j;
     lua_rawgeti(L, idx, i);
-    certs = sx_load_certs(L, lua_absindex(L, -1), "client_ca");
+    certs = sx_load_certs(L, lua_absindex(L, -1), "client_ca", w);
     if (certs == NULL) {
       sk_X509_NAME_pop_free(names, X509_NAME_free);
       return 3;
@@ -406,8 +407,8 @@ static int ctx_set_client_ca_list(lua_State *L) {
 
 /* ---- certificate and key ------------------------------------------------ */
 
-static int use_certificate(lua_State *L, sx_ctx *c, int idx) {
-  STACK_OF(X509) *certs = sx_load_certs(L, idx, "certificate");
+static int use_certificate(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  STACK_OF(X509) *certs = sx_load_certs(L, idx, "certificate", w);
   int i, ok;
   if (certs == NULL) return 3;
   if (sk_X509_num(certs) == 0) {
@@ -428,14 +429,15 @@ static int use_certificate(lua_State *L, sx_ctx *c, int idx) {
 
 static int ctx_use_certificate(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
   luaL_checkany(L, 2);
-  if (use_certificate(L, c, 2) == 3) return 3;
+  if (use_certificate(L, c, 2, w) == 3) return 3;
   lua_pushboolean(L, 1);
   return 1;
 }
 
 /* Loads the key at idx, with the password at pw_idx (0: the context's stored one). */
-static int use_private_key(lua_State *L, sx_ctx *c, int obj, int idx, int pw_idx) {
+static int use_private_key(lua_State *L, sx_ctx *c, int obj, int idx, int pw_idx, sx_where w) {
   sx_password pw;
   EVP_PKEY *key;
   int ok;
@@ -448,7 +450,7 @@ static int use_private_key(lua_State *L, sx_ctx *c, int obj, int idx, int pw_idx
   pw.index = lua_isnil(L, pw_idx) ? 0 : lua_absindex(L, pw_idx);
   pw.failed = 0;
   pw.err_index = 0;
-  key = sx_load_key(L, idx, &pw);
+  key = sx_load_key(L, idx, &pw, w);
   if (key == NULL) return 3;
   ERR_clear_error();
   ok = SSL_CTX_use_PrivateKey(c->ctx, key);
@@ -461,10 +463,11 @@ static int use_private_key(lua_State *L, sx_ctx *c, int obj, int idx, int pw_idx
 
 static int ctx_use_private_key(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
+  sx_where w = {2, NULL};
   luaL_checkany(L, 2);
   if (!lua_isnoneornil(L, 3) && lua_type(L, 3) != LUA_TSTRING && lua_type(L, 3) != LUA_TFUNCTION)
     return luaL_argerror(L, 3, "password must be a string or a function");
-  if (use_private_key(L, c, 1, 2, lua_isnoneornil(L, 3) ? 0 : 3) == 3) return 3;
+  if (use_private_key(L, c, 1, 2, lua_isnoneornil(L, 3) ? 0 : 3, w) == 3) return 3;
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -1240,16 +1243,6 @@ static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
   }
 }
 
-/* Certificates and keys come as file names, PEM text, objects or (certificates) lists. */
-static void check_material(lua_State *L, int idx, const char *name, const char *object_mt) {
-  int t = lua_type(L, idx);
-  if (t == LUA_TSTRING || (t == LUA_TTABLE && object_mt == NULL)) return;
-  if (t == LUA_TUSERDATA && luaL_testudata(L, idx, object_mt != NULL ? object_mt : SX_X509_MT)) return;
-  luaL_argerror(L, 1, lua_pushfstring(L, "option '%s': file name, PEM text or %s expected, got %s",
-                                      name, object_mt != NULL ? object_mt : "sslctx.x509 (or a list)",
-                                      luaL_typename(L, idx)));
-}
-
 /* Applies the options that read files or keys; returns 3 with nil,msg,kind pushed on failure. */
 static int apply_material(lua_State *L, int obj, sx_ctx *c, int opts) {
   int has_trust = 0, names_from_trust = 1;
@@ -1278,8 +1271,8 @@ static int apply_material(lua_State *L, int obj, sx_ctx *c, int opts) {
     lua_pop(L, 1);
   }
   if (opt(L, opts, "ca")) {
-    check_material(L, -1, "ca", NULL);
-    if (add_ca_certs(L, c, lua_gettop(L), names_from_trust) == 3) return 3;
+    sx_where w = {1, "ca"};
+    if (add_ca_certs(L, c, lua_gettop(L), names_from_trust, w) == 3) return 3;
     lua_pop(L, 1);
     has_trust = 1;
   }
@@ -1293,13 +1286,13 @@ static int apply_material(lua_State *L, int obj, sx_ctx *c, int opts) {
     lua_pop(L, 1);
   }
   if (opt(L, opts, "certificate")) {
-    check_material(L, -1, "certificate", NULL);
-    if (use_certificate(L, c, lua_gettop(L)) == 3) return 3;
+    sx_where w = {1, "certificate"};
+    if (use_certificate(L, c, lua_gettop(L), w) == 3) return 3;
     lua_pop(L, 1);
   }
   if (opt(L, opts, "key")) {
-    check_material(L, -1, "key", SX_PKEY_MT);
-    if (use_private_key(L, c, obj, lua_gettop(L), 0) == 3) return 3;
+    sx_where w = {1, "key"};
+    if (use_private_key(L, c, obj, lua_gettop(L), 0, w) == 3) return 3;
     lua_pop(L, 1);
   }
   return 0;

@@ -284,7 +284,7 @@ int sx_pkey_new(lua_State *L) {
   return push_key_failure(L, &src, "pkey", NULL);
 }
 
-EVP_PKEY *sx_load_key(lua_State *L, int arg, sx_password *pw) {
+EVP_PKEY *sx_load_key(lua_State *L, int arg, sx_password *pw, sx_where w) {
   size_t len;
   const char *s, *path = NULL;
   char *data = NULL;
@@ -294,13 +294,13 @@ EVP_PKEY *sx_load_key(lua_State *L, int arg, sx_password *pw) {
   key_source src;
   arg = lua_absindex(L, arg);
   if (luaL_testudata(L, arg, SX_PKEY_MT) != NULL) {
-    k = pkey_check(L, arg);
+    k = ((sx_pkey *)lua_touserdata(L, arg))->k;
+    if (k == NULL) sx_where_error(L, w, "pkey is closed");
     EVP_PKEY_up_ref(k);
     return k;
   }
   if (lua_type(L, arg) != LUA_TSTRING) {
-    luaL_argerror(L, arg, lua_pushfstring(L, "PEM text, file name or " SX_PKEY_MT
-                                          " expected, got %s", luaL_typename(L, arg)));
+    sx_where_typeerror(L, w, arg, "PEM text, file name or " SX_PKEY_MT);
     return NULL;
   }
   if (pw != NULL) {

@@ -139,9 +139,9 @@ X509 *sx_x509_check(lua_State *L, int arg);      /* raises unless an open x509 *
 X509 *sx_x509_test(lua_State *L, int arg);       /* NULL unless an open x509 */
 /* Loads one or more certificates (PEM text, PEM/DER file, or an x509 object) at arg.
  * Returns a stack of up-ref'd certificates (leaf first), or NULL with nil,msg,kind pushed. */
-STACK_OF(X509) *sx_load_certs(lua_State *L, int arg, const char *what);
+STACK_OF(X509) *sx_load_certs(lua_State *L, int idx, const char *what, sx_where w);
 /* Loads CRLs from PEM text or a file; NULL with nil,msg,kind pushed on failure. */
-STACK_OF(X509_CRL) *sx_load_crls(lua_State *L, int arg);
+STACK_OF(X509_CRL) *sx_load_crls(lua_State *L, int idx, sx_where w);
 
 typedef struct sx_password {
   lua_State *L;
@@ -156,7 +156,7 @@ EVP_PKEY *sx_pkey_test(lua_State *L, int arg);
 void sx_pkey_push(lua_State *L, EVP_PKEY *k);     /* up-refs k */
 /* Loads a private key from PEM text, a PEM/DER file, or a pkey object; NULL with
  * nil,msg,kind pushed on failure. */
-EVP_PKEY *sx_load_key(lua_State *L, int arg, sx_password *pw);
+EVP_PKEY *sx_load_key(lua_State *L, int idx, sx_password *pw, sx_where w);
 
 /* ---- verify.c ----------------------------------------------------------- */
 

@@ -771,9 +771,9 @@ static const sx_loader crl_loader = {
   crl_stack_new, free_crl_stack, crl_add_object
 };
 
-/* The value at idx is a string or an open object of the loader's class; raises naming arg
- * (and the array position, when pos > 0) otherwise. */
-static void check_item(lua_State *L, const sx_loader *ld, int arg, int idx, int pos) {
+/* The value at idx is a string or an open object of the loader's class; raises naming the
+ * caller's argument or option w (and the array position, when pos > 0) otherwise. */
+static void check_item(lua_State *L, const sx_loader *ld, sx_where w, int idx, int pos) {
   void *ud;
   const char *problem = NULL;
   if (lua_type(L, idx) == LUA_TSTRING) return;
@@ -784,7 +784,7 @@ static void check_item(lua_State *L, const sx_loader *ld, int arg, int idx, int 
   else problem = lua_pushfstring(L, "%s%s expected, got %s", ld->expected,
                                  pos > 0 ? "" : " (or an array of them)", type_name(L, idx));
   if (pos > 0) problem = lua_pushfstring(L, "item %d: %s", pos, problem);
-  luaL_argerror(L, arg, problem);
+  sx_where_error(L, w, problem);
 }
 
 /* One string or object at idx, into sk.  1, or 0 with nil,msg,kind pushed. */
@@ -796,7 +796,7 @@ static int load_item(lua_State *L, const sx_loader *ld, int idx, void *sk, const
   return 0;
 }
 
-static void *load_all(lua_State *L, const sx_loader *ld, int arg, const char *what) {
+static void *load_all(lua_State *L, const sx_loader *ld, int arg, const char *what, sx_where w) {
   int i, n = 0, ok = 1, hidx;
   sx_holder *h;
   void *sk;
@@ -805,11 +805,11 @@ static void *load_all(lua_State *L, const sx_loader *ld, int arg, const char *wh
     n = (int)lua_rawlen(L, arg);
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, arg, i);
-      check_item(L, ld, arg, lua_gettop(L), i);
+      check_item(L, ld, w, lua_gettop(L), i);
       lua_pop(L, 1);
     }
   } else {
-    check_item(L, ld, arg, arg, 0);
+    check_item(L, ld, w, arg, 0);
   }
   /* The stack is held by the Lua stack until it is handed over. */
   h = holder_push(L);
@@ -837,12 +837,12 @@ static void *load_all(lua_State *L, const sx_loader *ld, int arg, const char *wh
   return ok ? sk : NULL;
 }
 
-STACK_OF(X509) *sx_load_certs(lua_State *L, int arg, const char *what) {
-  return (STACK_OF(X509) *)load_all(L, &cert_loader, arg, what);
+STACK_OF(X509) *sx_load_certs(lua_State *L, int idx, const char *what, sx_where w) {
+  return (STACK_OF(X509) *)load_all(L, &cert_loader, idx, what, w);
 }
 
-STACK_OF(X509_CRL) *sx_load_crls(lua_State *L, int arg) {
-  return (STACK_OF(X509_CRL) *)load_all(L, &crl_loader, arg, "crl");
+STACK_OF(X509_CRL) *sx_load_crls(lua_State *L, int idx, sx_where w) {
+  return (STACK_OF(X509_CRL) *)load_all(L, &crl_loader, idx, "crl", w);
 }
 
 /* ---- registration -------------------------------------------------------- */
