@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/bench.sh — sslctx against a C reference doing the same OpenSSL work (issue 8).
 #
-#   bench/bench.sh                 full run (~10 minutes on 2 cores)
+#   bench/bench.sh                 full run (~6-8 minutes on 2 cores)
 #   BENCH_QUICK=1 bench/bench.sh   smoke run (~1 minute)
 #
 # Builds the module (make LUA=$BENCH_LUA) and the C reference (bench/ref.c), makes the
@@ -12,7 +12,7 @@
 #
 # Environment (defaults in brackets; BENCH_QUICK=1 gives the smaller second values):
 #   BENCH_LUA            interpreter [lua5.4]
-#   BENCH_REPS           repetitions [7 | 3]
+#   BENCH_REPS           repetitions [11 | 3]
 #   BENCH_WORKLOADS      subset [mem_hs mem_hs_vcb mem_hs_mtls mem_hs_resume mem_bulk
 #                        sock_hs sock_bulk reconnect mem_idle]
 #   BENCH_HS_N           handshakes per run [600 | 60]; mtls runs half, resume twice as many
@@ -23,6 +23,8 @@
 #   BENCH_GC             collector mode of the Lua processes (incremental | generational);
 #                        unset: Lua's default (incremental on 5.4)
 #   BENCH_CALLGRIND      1 = count instructions, 0 = skip [1]
+#   BENCH_CG_LUA=host    run the module side's callgrind runs under bench/luahost.c (the
+#                        same Lua 5.4, statically linked with symbols: readable profiles)
 #   BENCH_CG_WORKLOADS   [mem_hs mem_hs_vcb mem_hs_mtls mem_hs_resume mem_bulk sock_hs
 #                        reconnect | mem_hs]
 #   BENCH_CG_N           "SMALL BIG" operations (handshakes, MiB, connections):
@@ -38,7 +40,7 @@ quick=${BENCH_QUICK:-0}
 q() { if [ "$quick" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
 LUA=${BENCH_LUA:-lua5.4}
-REPS=${BENCH_REPS:-$(q 7 3)}
+REPS=${BENCH_REPS:-$(q 11 3)}
 WORKLOADS=${BENCH_WORKLOADS:-mem_hs mem_hs_vcb mem_hs_mtls mem_hs_resume mem_bulk sock_hs sock_bulk reconnect mem_idle}
 HS_N=${BENCH_HS_N:-$(q 600 60)}
 BULK_MIB=${BENCH_BULK_MIB:-$(q 512 48)}
@@ -93,7 +95,7 @@ results=$OUT/results.txt
   echo "META git=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src lua 2>/dev/null || echo '+dirty(src/lua)')"
   echo "META module_sha256=$so $(sha256sum "$snap/cpath/sslctx/core.so" | cut -c1-16)"
   echo "META load_start=$load_start"
-  echo "META params=reps=$REPS hs_n=$HS_N bulk_mib=$BULK_MIB reconnect_n=$RECONNECT_N idle_n=$IDLE_N max_seconds=$MAXS cg_n=$CG_N gc=${BENCH_GC:-default}"
+  echo "META params=reps=$REPS hs_n=$HS_N bulk_mib=$BULK_MIB reconnect_n=$RECONNECT_N idle_n=$IDLE_N max_seconds=$MAXS cg_n=$CG_N cg_lua=${BENCH_CG_LUA:-$LUA} gc=${BENCH_GC:-default}"
 } >"$results"
 
 # ---- wall clock: module and C interleaved -----------------------------------
@@ -137,10 +139,16 @@ echo "META load_after_wallclock=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$results"
 # Every process of a run is counted (--trace-children: the sock_* and reconnect servers too);
 # per operation = (Ir(BIG) - Ir(SMALL)) / (BIG - SMALL).  Counts do not depend on the load, so
 # two runs go at a time.
+cg_lua=$LUA
+if [ "${BENCH_CG_LUA:-}" = host ] && [ "$CALLGRIND" = 1 ]; then
+  cc -O2 -g -o "$OUT/luahost" bench/luahost.c $(pkg-config --cflags "$LUA") -Wl,-E \
+    "$(pkg-config --variable=libdir "$LUA")/lib$LUA.a" -lm -ldl
+  cg_lua=$OUT/luahost
+fi
 cg_cmd() {   # workload impl n -> the command line
   case $2 in
-    module) echo "$LUA bench/run.lua $1 $PKI $3 1000" ;;
-    luasec) echo "$LUA bench/run.lua ${1}_luasec $PKI $3 1000" ;;
+    module) echo "$cg_lua bench/run.lua $1 $PKI $3 1000" ;;
+    luasec) echo "$cg_lua bench/run.lua ${1}_luasec $PKI $3 1000" ;;
     c) echo "$OUT/ref $1 $PKI $3 1000" ;;
   esac
 }
@@ -156,7 +164,7 @@ cg_run() {   # prefix command...
   fi
   for f in "$prefix".*.out; do
     case $(grep -m1 '^cmd:' "$f") in *" sh -c"*|*"/sh "*) rm -f "$f"; continue ;; esac
-    callgrind_annotate --auto=no --threshold=100 "$f" >"${f%.out}.txt" 2>/dev/null
+    callgrind_annotate --auto=no --threshold=100 "$f" >"${f%.out}.self.txt" 2>/dev/null
     callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$f" >"${f%.out}.inc.txt" 2>/dev/null
   done
 }
@@ -202,7 +210,7 @@ if [ "$CALLGRIND" = 1 ]; then
     done
     echo "$line" >>"$results"
     ref=c
-    for kind in txt inc.txt; do
+    for kind in self.txt inc.txt; do
       top=25
       [ $kind = inc.txt ] && top=60
       out=$cg/$w.diff.txt
