@@ -46,10 +46,16 @@ void *sx_compat_testudata(lua_State *L, int idx, const char *tname);
 int sx_compat_isinteger(lua_State *L, int idx);
 #endif
 
-/* An integer, or a float with an integral value (LuaSocket's getfd gives 3.0 on 5.3+). */
-#define sx_isintegral(L, i) \
-  (lua_type((L), (i)) == LUA_TNUMBER && \
-   (lua_isinteger((L), (i)) || lua_tonumber((L), (i)) == (lua_Number)(lua_Integer)lua_tonumber((L), (i))))
+/* An integer, or a float with an integral value (LuaSocket's getfd gives 3.0 on 5.3+).  The
+ * range test comes first: converting an out-of-range float to an integer is undefined. */
+static inline int sx_isintegral(lua_State *L, int idx) {
+  lua_Number n;
+  if (lua_type(L, idx) != LUA_TNUMBER) return 0;
+  if (lua_isinteger(L, idx)) return 1;
+  n = lua_tonumber(L, idx);
+  return n >= -9223372036854775808.0 && n < 9223372036854775808.0 &&
+         n == (lua_Number)(lua_Integer)n;
+}
 
 /* Each object has exactly one Lua uservalue: a table holding the Lua values it keeps alive
  * (parent, callbacks, socket).  5.1 keeps it in the userdata's environment. */

@@ -3,6 +3,7 @@
 #include <string.h>
 #include <errno.h>
 #include <unistd.h>
+#include <limits.h>
 #include "private.h"
 
 static const char *const side_names[] = {"client", "server", NULL};
@@ -732,6 +733,8 @@ static int conn_verify_client_post_handshake(lua_State *L) {
  * owner's). */
 static int conn_set_trust(lua_State *L) {
   sx_conn *conn = sx_conn_check(L, 1);
+  if (conn->in_callback)   /* the verification running now uses the store it would free */
+    return luaL_error(L, "set_trust called from inside this connection's own callback");
   STACK_OF(X509) *certs = NULL;
   X509_STORE *store;
   STACK_OF(X509_NAME) *names;
@@ -880,13 +883,15 @@ static int conn_side_from(lua_State *L, sx_ctx *c, int opts) {
   return k;
 }
 
-static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts) {
+/* The fd or socket is the caller's until new_connection returns: *close_transport is applied
+ * only then, so that a creation that raises half-way never closes it (from __gc). */
+static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts, int *close_transport) {
   lua_getfield(L, opts, "fd");
   lua_getfield(L, opts, "socket");
   if (!lua_isnil(L, -2) && !lua_isnil(L, -1)) luaL_argerror(L, 2, "give opts.fd or opts.socket, not both");
   if (!lua_isnil(L, -2)) {
-    if (!sx_isintegral(L, -2) || lua_tointeger(L, -2) < 0)
-      luaL_argerror(L, 2, "option 'fd': a non-negative integer expected");
+    if (!sx_isintegral(L, -2) || lua_tointeger(L, -2) < 0 || lua_tointeger(L, -2) > INT_MAX)
+      luaL_argerror(L, 2, "option 'fd': a descriptor (an integer from 0 to INT_MAX) expected");
     conn->transport = SX_T_FD;
     conn->fd = (int)lua_tointeger(L, -2);
   } else if (!lua_isnil(L, -1)) {
@@ -897,7 +902,7 @@ static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts) {
     if (!lua_isfunction(L, -1)) luaL_argerror(L, 2, "option 'socket': object has no getfd method");
     lua_pushvalue(L, s);
     lua_call(L, 1, 1);
-    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 0)
+    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > INT_MAX)
       luaL_argerror(L, 2, "option 'socket': the socket is closed (getfd gave no descriptor)");
     conn->transport = SX_T_SOCKET;
     conn->fd = (int)lua_tointeger(L, -1);
@@ -913,7 +918,7 @@ static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts) {
   lua_pop(L, 2);
   lua_getfield(L, opts, "close");
   if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_argerror(L, 2, "option 'close': boolean expected");
-  conn->close_transport = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  *close_transport = lua_isnil(L, -1) || lua_toboolean(L, -1);
   lua_pop(L, 1);
   lua_getfield(L, opts, "buffer_limit");
   if (!lua_isnil(L, -1)) {
@@ -1008,7 +1013,7 @@ static void setup_client_session(lua_State *L, sx_conn *conn, sx_ctx *c, int opt
 int sx_connection_new(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
   sx_conn *conn;
-  int obj, opts, side;
+  int obj, opts, side, close_transport = 0;
   const char *hostname = NULL;
   if (lua_isnoneornil(L, 2)) {
     lua_settop(L, 1);
@@ -1037,7 +1042,7 @@ int sx_connection_new(lua_State *L) {
   sx_setuv(L, obj);
   conn->side = side;
   conn->policy = c->policy[side];
-  setup_transport(L, conn, obj, opts);
+  setup_transport(L, conn, obj, opts, &close_transport);
   ERR_clear_error();
   conn->ssl = SSL_new(c->ctx);
   if (conn->ssl == NULL) {
@@ -1052,6 +1057,7 @@ int sx_connection_new(lua_State *L) {
   attach_transport(L, conn);
   setup_hostname(L, conn, opts, &hostname);
   if (side == SX_CLIENT) setup_client_session(L, conn, c, opts, hostname);
+  conn->close_transport = close_transport;
   lua_settop(L, obj);
   return 1;
 }

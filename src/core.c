@@ -41,7 +41,8 @@ int sx_compat_isinteger(lua_State *L, int idx) {
   lua_Number n;
   if (lua_type(L, idx) != LUA_TNUMBER) return 0;
   n = lua_tonumber(L, idx);
-  return n == (lua_Number)(lua_Integer)n;
+  return n >= -9223372036854775808.0 && n < 9223372036854775808.0 &&   /* no UB cast */
+         n == (lua_Number)(lua_Integer)n;
 }
 #endif
 
