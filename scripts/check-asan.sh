@@ -12,6 +12,8 @@
 #   CC              default clang
 #   ASAN_TIMEOUT    seconds before the run is killed (default 1500)
 #   ASAN_EXTRA_CFLAGS  appended to the compile line
+#   SANITIZER_HALT  1 (default): stop at the first report, as CI wants; 0: report everything
+#                   and still fail at the end (to see all findings in one run)
 #
 # How: the interpreter is not instrumented, only the module; LD_PRELOAD puts the ASan runtime
 # first so the module's instrumentation finds it.  Only the Lua process that runs busted is
@@ -52,7 +54,9 @@ luacf=$(pkg-config --cflags "$LUA") || { echo "check-asan: pkg-config knows no $
 sslcf=$(pkg-config --cflags openssl) && ssllibs=$(pkg-config --libs openssl) || exit 2
 # -fno-sanitize-recover is not used: UBSAN_OPTIONS=halt_on_error=1 stops at the first report
 # while still printing it through the log file.
-cmd="$CC -std=c99 -g -O1 -fPIC -shared -fsanitize=address,undefined -fno-omit-frame-pointer \
+recover=""
+[ "${SANITIZER_HALT:-1}" = 0 ] && recover="-fsanitize-recover=address"
+cmd="$CC -std=c99 -g -O1 -fPIC -shared -fsanitize=address,undefined $recover -fno-omit-frame-pointer \
 -Wall -Wextra $luacf $sslcf ${ASAN_EXTRA_CFLAGS:-} -o $SO.tmp $srcs $ssllibs -ldl"
 echo "check-asan: $cmd"
 # shellcheck disable=SC2086
@@ -81,10 +85,11 @@ leak:liblua5.4.so
 leak:/usr/lib/x86_64-linux-gnu/lua/
 S
 
-export ASAN_OPTIONS="halt_on_error=1:abort_on_error=0:allocator_may_return_null=1:\
+HALT=${SANITIZER_HALT:-1}
+export ASAN_OPTIONS="halt_on_error=$HALT:abort_on_error=0:allocator_may_return_null=1:\
 detect_odr_violation=0:detect_leaks=1:log_path=$PWD/$LOGDIR/asan:strip_path_prefix=$PWD/"
 export LSAN_OPTIONS="suppressions=$PWD/$SUPP:print_suppressions=0"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$PWD/$LOGDIR/ubsan"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=$HALT:log_path=$PWD/$LOGDIR/ubsan"
 # Children: the plain build.  The busted process: the instrumented one first.
 make --no-print-directory LUA="$LUA" >/dev/null || { echo "check-asan: make LUA=$LUA failed" >&2; exit 2; }
 export LUA_CPATH="build/$LUA/?.so;;"
@@ -111,7 +116,11 @@ summary=$(hl_busted_summary "$log")
 echo
 if [ "$reports" -gt 0 ]; then
   echo "check-asan: $reports sanitizer report file(s):"
-  for f in "$LOGDIR"/*; do echo "==== $f"; head -n 30 "$f"; done
+  # each report: its first lines (the error and the top frames)
+  for f in "$LOGDIR"/*; do
+    echo "==== $f"
+    grep -E -A14 'ERROR: |runtime error:|SUMMARY:' "$f" | grep -v 'BuildId' | head -n 60
+  done
 fi
 if [ -z "$summary" ]; then
   echo "check-asan: busted printed no summary (exit $rc); last lines:"
