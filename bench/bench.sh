@@ -28,7 +28,7 @@
 #   BENCH_CG_WORKLOADS   [mem_hs mem_hs_vcb mem_hs_mtls mem_hs_resume mem_bulk sock_hs
 #                        reconnect | mem_hs]
 #   BENCH_CG_N           "SMALL BIG" operations (handshakes, MiB, connections):
-#                        per operation = (Ir(BIG) - Ir(SMALL)) / (BIG - SMALL) ["10 40" | "3 8"]
+#                        per operation = (Ir(BIG) - Ir(SMALL)) / (BIG - SMALL) ["10 90" | "3 8"]
 #   BENCH_OUT            output directory [build/bench]
 #   BENCH_NO_BUILD=1     use the existing build/$BENCH_LUA/sslctx/core.so
 #   BENCH_MODULE_SO      measure this core.so instead (a candidate build; no make)
@@ -49,7 +49,7 @@ IDLE_N=${BENCH_IDLE_N:-$(q 1000 100)}
 MAXS=${BENCH_MAX_SECONDS:-15}
 CALLGRIND=${BENCH_CALLGRIND:-1}
 CG_WORKLOADS=${BENCH_CG_WORKLOADS:-$(q "mem_hs mem_hs_vcb mem_hs_mtls mem_hs_resume mem_bulk sock_hs reconnect" "mem_hs")}
-CG_N=${BENCH_CG_N:-$(q "10 40" "3 8")}
+CG_N=${BENCH_CG_N:-$(q "10 90" "3 8")}
 OUT=${BENCH_OUT:-build/bench}
 PKI=build/bench-pki
 RUN_TIMEOUT=$((MAXS * 4 + 60))   # a hung run is killed; its server child exits on its own
