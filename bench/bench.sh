@@ -32,6 +32,7 @@
 #   BENCH_OUT            output directory [build/bench]
 #   BENCH_NO_BUILD=1     use the existing build/$BENCH_LUA/sslctx/core.so
 #   BENCH_MODULE_SO      measure this core.so instead (a candidate build; no make)
+#   BENCH_LUA_DIR        take the Lua front (sslctx.lua, sslctx/socket.lua) from here [lua]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -73,7 +74,7 @@ snap=$OUT/snap
 rm -rf "$snap"
 mkdir -p "$snap/cpath/sslctx" "$snap/lua"
 cp "$so" "$snap/cpath/sslctx/core.so"
-cp -R lua/. "$snap/lua/"
+cp -R "${BENCH_LUA_DIR:-lua}/." "$snap/lua/"
 export LUA_PATH="$snap/lua/?.lua;$snap/lua/?/init.lua;;"
 export LUA_CPATH="$snap/cpath/?.so;;"
 unset LUA_PATH_5_2 LUA_PATH_5_3 LUA_PATH_5_4 LUA_CPATH_5_2 LUA_CPATH_5_3 LUA_CPATH_5_4 LUA_INIT LUA_INIT_5_4
@@ -93,7 +94,7 @@ results=$OUT/results.txt
   echo "META lua=$("$LUA" -v 2>&1 | head -n1)"
   echo "META luasec=$("$LUA" -e 'print(require("ssl")._VERSION)' 2>/dev/null || echo none)"
   echo "META git=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src lua 2>/dev/null || echo '+dirty(src/lua)')"
-  echo "META module_sha256=$so $(sha256sum "$snap/cpath/sslctx/core.so" | cut -c1-16)"
+  echo "META module_sha256=$so $(sha256sum "$snap/cpath/sslctx/core.so" | cut -c1-16), Lua front ${BENCH_LUA_DIR:-lua}"
   echo "META load_start=$load_start"
   echo "META params=reps=$REPS hs_n=$HS_N bulk_mib=$BULK_MIB reconnect_n=$RECONNECT_N idle_n=$IDLE_N max_seconds=$MAXS cg_n=$CG_N cg_lua=${BENCH_CG_LUA:-$LUA} gc=${BENCH_GC:-default}"
 } >"$results"

@@ -17,7 +17,7 @@ for line in io.lines(path) do
   elseif line:match("^rep=") then
     local rep, w, impl, rest = line:match("^rep=(%d+) RESULT (%S+) (%S+) (.*)$")
     local r = { rep = tonumber(rep), impl = impl }
-    for key, val in rest:gmatch("(%w+)=(%S+)") do r[key] = tonumber(val) or val end
+    for key, val in rest:gmatch("([%w_]+)=(%S+)") do r[key] = tonumber(val) or val end
     if not runs[w] then runs[w] = {}; order[#order + 1] = w end
     table.insert(runs[w], r)
   elseif line:match("^CG ") then
