@@ -2,7 +2,7 @@
 # bench/bench.sh — sslctx against a C reference doing the same OpenSSL work (issue 8).
 #
 #   bench/bench.sh                 full run (~6-8 minutes on 2 cores)
-#   BENCH_QUICK=1 bench/bench.sh   smoke run (~1 minute)
+#   BENCH_QUICK=1 bench/bench.sh   smoke run (~1 minute; its callgrind spans 5 handshakes: imprecise)
 #
 # Builds the module (make LUA=$BENCH_LUA) and the C reference (bench/ref.c), makes the
 # benchmark PKI (bench/pki.sh -> build/bench-pki), then for each repetition runs every
@@ -36,7 +36,6 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-root=$PWD
 quick=${BENCH_QUICK:-0}
 q() { if [ "$quick" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
@@ -67,6 +66,7 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ] && [ -z "${BENCH_MODULE_SO:-}" ]; then
   make --no-print-directory LUA="$LUA" >/dev/null
 fi
 [ -f "$so" ] || { echo "bench: $so missing (make LUA=$LUA)" >&2; exit 1; }
+# shellcheck disable=SC2046  # pkg-config's flags are meant to split
 cc -std=c99 -O2 -g -Wall -Wextra -o "$OUT/ref" bench/ref.c $(pkg-config --cflags --libs openssl)
 
 # A snapshot of the module and its Lua front: the tree may be rebuilt while we run.
@@ -142,6 +142,7 @@ echo "META load_after_wallclock=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$results"
 # two runs go at a time.
 cg_lua=$LUA
 if [ "${BENCH_CG_LUA:-}" = host ] && [ "$CALLGRIND" = 1 ]; then
+  # shellcheck disable=SC2046  # pkg-config's flags are meant to split
   cc -O2 -g -o "$OUT/luahost" bench/luahost.c $(pkg-config --cflags "$LUA") -Wl,-E \
     "$(pkg-config --variable=libdir "$LUA")/lib$LUA.a" -lm -ldl
   cg_lua=$OUT/luahost

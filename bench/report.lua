@@ -84,12 +84,14 @@ p()
 p(("Machine: %s CPUs (`nproc`), %s; %s (the module runs against %s); %s; LuaSec %s."):format(
   meta.nproc or "?", meta.cpu or "?", meta.openssl or "?", meta.openssl_module or "?",
   meta.lua or "?", meta.luasec or "?"))
-p(("Tree: %s, module %s. Started %s, %s s. Load average (1/5/15 min): %s at the start, %s after the wall-clock runs, %s at the end."):format(
+p(("Tree: %s, module %s. Started %s, %s s. Load average (1/5/15 min): %s at the start, "
+  .. "%s after the wall-clock runs, %s at the end."):format(
   meta.git or "?", meta.module_sha256 or "?", meta.started or "?", meta.elapsed_s or "?",
   meta.load_start or "?", meta.load_after_wallclock or "?", meta.load_end or "?"))
 p(("Command: `%s` (%s)."):format(meta.command or "bench/bench.sh", meta.params or ""))
 p()
-p("| workload | unit | module: median (min–max) | reference: median (min–max) | module/ref per repetition: median (min–max) | CPU ratio | target | met |")
+p("| workload | unit | module: median (min–max) | reference: median (min–max) | "
+  .. "module/ref per repetition: median (min–max) | CPU ratio | target | met |")
 p("|---|---|---|---|---|---|---|---|")
 
 local verdicts = {}
@@ -148,7 +150,9 @@ local cg_target = { mem_hs = 50000, mem_hs_vcb = 50000, mem_hs_mtls = 50000,
 local cg_unit = { mem_bulk = "MiB", reconnect = "connection" }
 if #cg > 0 then
   p()
-  p("Instructions per operation (callgrind `Ir`, every process of the run: the sock_hs and reconnect servers too; (Ir(big N) − Ir(small N)) / (big − small), so start-up, contexts and warm-up cancel):")
+  p("Instructions per operation (callgrind `Ir`, every process of the run: the sock_hs and "
+    .. "reconnect servers too; (Ir(big N) − Ir(small N)) / (big − small), so start-up, contexts "
+    .. "and warm-up cancel):")
   p()
   p("| workload | per | module | C | module − C | target | met |")
   p("|---|---|---|---|---|---|---|")

@@ -221,9 +221,9 @@ end
 -- sockets (LuaSocket for TCP; the module over the fd)
 
 local function wait(set, kind)
-  local r, w, err
-  if kind == "want_read" then r, w, err = socket.select(set, nil, WAIT)
-  elseif kind == "want_write" then r, w, err = socket.select(nil, set, WAIT)
+  local err
+  if kind == "want_read" then err = select(3, socket.select(set, nil, WAIT))
+  elseif kind == "want_write" then err = select(3, socket.select(nil, set, WAIT))
   else error("unexpected " .. tostring(kind)) end
   if err then error("select: " .. err) end
 end
