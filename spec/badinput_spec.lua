@@ -858,6 +858,32 @@ describe("bad input regressions #badinput", function()
     c:close(); s:close()
   end)
 
+  -- The internal "sslctx.holder" class (x509.c: a C resource owned by the Lua stack) is
+  -- registered under its name, so debug.getregistry() reaches its __gc, which trusts its
+  -- argument: holder_gc(123) dereferences NULL, holder_gc(<a context>) reads a context as a
+  -- holder and calls a function pointer from it.  Only the debug library gets there (low
+  -- severity), but every other finalizer checks its argument (luaL_checkudata).  In a child
+  -- interpreter: a crash must fail this spec, not end the run.
+  it("the internal holder's finalizer refuses foreign values (reachable through debug)", function()
+    local interp = (jit and "luajit") or ("lua" .. _VERSION:match("%d+%.%d+"))
+    local script = [[
+      local sslctx = require "sslctx"
+      local gc = debug.getregistry()["sslctx.holder"].__gc
+      print(pcall(gc, 123))
+      print(pcall(gc, sslctx.new({ side = "server" })))
+      print(pcall(gc, io.stdout))
+      print("CHILD-DONE")
+    ]]
+    local f = os.tmpname()
+    local h = assert(io.open(f, "w"))
+    h:write(script)
+    h:close()
+    local out = helper.run("timeout 20 " .. interp .. " " .. helper.sh_quote(f) .. "; echo \"::rc=$?\"")
+    os.remove(f)
+    assert.is_truthy(out:find("CHILD-DONE", 1, true) and out:find("::rc=0", 1, true),
+                     "the child crashed (rc 139 = SIGSEGV):\n" .. out)
+  end)
+
   -- conn:set_trust inside the connection's own verify callback frees the X509_STORE that the
   -- running X509_STORE_CTX still uses (SSL_set0_verify_cert_store frees the previous store;
   -- X509_STORE_CTX_init took no reference).  The next store lookup (here the CRL lookup
