@@ -858,6 +858,39 @@ describe("bad input regressions #badinput", function()
     c:close(); s:close()
   end)
 
+  -- set_dh reads "Parameters" of any type (PEM_read_bio_Parameters) and hands them to
+  -- SSL_CTX_set0_tmp_dh_pkey, which does not check the type: EC or DSA parameters are
+  -- accepted (true), and every DHE handshake of the context then fails with "internal
+  -- error" (OpenSSL: "operation not supported for this keytype").  Parameters that are not
+  -- DH must be refused when given (nil, message, "file"), not at the first handshake.
+  it("set_dh refuses parameters that are not DH", function()
+    local tmp = os.tmpname()
+    local out = helper.run("openssl ecparam -name prime256v1 -out " .. helper.sh_quote(tmp) .. " && echo EC-OK")
+    assert.is_truthy(out:find("EC-OK", 1, true), out)
+    local f = assert(io.open(tmp, "rb"))
+    local ec_params = f:read("*a")
+    f:close()
+    os.remove(tmp)
+    local sctx = helper.server_ctx({ certificate = pki("rsa-server-chain.pem"), key = pki("rsa-server.key"),
+                                     ciphers = "DHE-RSA-AES128-GCM-SHA256" })
+    local ok, msg, kind = sctx:set_dh(ec_params)
+    if ok then
+      -- show what accepting them costs: the DHE handshake that follows
+      local cctx = helper.client_ctx({ max_version = "tls1.2", ciphers = "DHE-RSA-AES128-GCM-SHA256" })
+      local c, s, cok, cmsg = helper.connect(cctx, sctx)
+      error("set_dh accepted EC parameters; the next DHE handshake: " .. tostring(cok) .. ", " ..
+            tostring(cmsg), 0)
+    end
+    assert.is_nil(ok)
+    assert.are.equal("file", kind)
+    assert.is_string(msg)
+    -- DH parameters still work
+    assert.is_true(sctx:set_dh(pki("dh2048.pem")))
+    local cctx = helper.client_ctx({ max_version = "tls1.2", ciphers = "DHE-RSA-AES128-GCM-SHA256" })
+    local c, s = helper.connected(cctx, sctx)
+    assert.are.equal("DHE-RSA-AES128-GCM-SHA256", c:cipher())
+  end)
+
   -- The internal "sslctx.holder" class (x509.c: a C resource owned by the Lua stack) is
   -- registered under its name, so debug.getregistry() reaches its __gc, which trusts its
   -- argument: holder_gc(123) dereferences NULL, holder_gc(<a context>) reads a context as a
