@@ -11,6 +11,12 @@ static const char *const side_names[] = {"client", "server", NULL};
 /* ---- life cycle --------------------------------------------------------- */
 
 static sx_conn *conn_check_any(lua_State *L, int arg) {
+  void *p = lua_touserdata(L, arg);
+  if (p != NULL && lua_getmetatable(L, arg)) {   /* methods carry the metatable as upvalue 1 */
+    int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (same) return (sx_conn *)p;
+  }
   return (sx_conn *)luaL_checkudata(L, arg, SX_CONN_MT);
 }
 
@@ -26,9 +32,11 @@ sx_conn *sx_conn_check(lua_State *L, int arg) {
 static void send_close_notify(sx_conn *conn) {
   if (!conn->failed && SSL_is_init_finished(conn->ssl) &&
       !(SSL_get_shutdown(conn->ssl) & SSL_SENT_SHUTDOWN)) {
-    ERR_set_mark();
+    int queued = ERR_peek_error() != 0;
+    if (queued) ERR_set_mark();
     SSL_shutdown(conn->ssl);
-    ERR_pop_to_mark();
+    if (queued) ERR_pop_to_mark();
+    else ERR_clear_error();
   }
 }
 
@@ -132,7 +140,7 @@ static sx_conn *drive_begin(lua_State *L, const char *what) {
   conn->cb_failed = 0;
   conn->cb_err_index = 0;
   conn->retry_verify = 0;
-  ERR_clear_error();
+  if (ERR_peek_error() != 0) ERR_clear_error();
   return conn;
 }
 
@@ -314,7 +322,30 @@ static int conn_read(lua_State *L) {
    * message on top of the stack, where the luaL_Buffer must be: it moves to this slot. */
   lua_pushnil(L);
   errslot = lua_gettop(L);
-  luaL_buffinit(L, &b);
+  {   /* the common case: one SSL_read, what is ready fits: one copy into the Lua string */
+    char first[READ_CHUNK];
+    size_t room = limit < READ_CHUNK ? limit : READ_CHUNK;
+    errno = 0;
+    r = SSL_read(conn->ssl, first, (int)room);
+    if (conn->cb_failed && conn->cb_err_index != errslot) {
+      st = io_classify(conn, r);
+      lua_replace(L, errslot);
+      conn->cb_err_index = errslot;
+      r = 0;
+    } else if (r <= 0) {
+      st = io_classify(conn, r);
+    } else if (((size_t)r == limit || SSL_pending(conn->ssl) == 0) && !conn->cb_failed) {
+      lua_pushlstring(L, first, (size_t)r);
+      drive_end(conn);
+      return 1;
+    }
+    luaL_buffinit(L, &b);
+    if (r > 0) {
+      luaL_addlstring(&b, first, (size_t)r);
+      got = (size_t)r;
+    }
+    if (r <= 0 || conn->cb_failed || SSL_pending(conn->ssl) == 0) limit = got;   /* no loop */
+  }
   while (got < limit) {
     size_t room = limit - got < READ_CHUNK ? limit - got : READ_CHUNK;
     char *p = sx_prepbuffsize(&b, room);
@@ -451,6 +482,12 @@ static int conn_drain(lua_State *L) {
   if ((size_t)max < pending) pending = (size_t)max;
   if (pending == 0) {
     lua_pushliteral(L, "");
+    return 1;
+  }
+  if (pending <= 2 * READ_CHUNK) {   /* a record or two: one BIO_read, one Lua string */
+    char tmp[2 * READ_CHUNK];
+    int r = BIO_read(conn->wbio, tmp, (int)pending);
+    lua_pushlstring(L, tmp, r > 0 ? (size_t)r : 0);
     return 1;
   }
   luaL_buffinit(L, &b);
@@ -991,8 +1028,19 @@ static void setup_client_session(lua_State *L, sx_conn *conn, sx_ctx *c, int opt
                                  const char *hostname) {
   unsigned char sid[32];
   SSL_SESSION *s;
-  sx_ctx_policy_digest(L, c, &conn->policy, SSL_get0_param(conn->ssl), SX_CLIENT,
-                       hostname != NULL ? hostname : "", sid);
+  const char *h = hostname != NULL ? hostname : "";
+  size_t hl = strlen(h);
+  if (c->memo_gen == c->client_gen + 1 && hl < sizeof c->memo_host &&
+      memcmp(c->memo_host, h, hl + 1) == 0) {
+    memcpy(sid, c->memo_sid, sizeof sid);   /* same policy, same host as last time */
+  } else {
+    sx_ctx_policy_digest(L, c, &conn->policy, SSL_get0_param(conn->ssl), SX_CLIENT, h, sid);
+    if (hl < sizeof c->memo_host) {
+      memcpy(c->memo_host, h, hl + 1);
+      memcpy(c->memo_sid, sid, sizeof sid);
+      c->memo_gen = c->client_gen + 1;
+    }
+  }
   SSL_set_session_id_context(conn->ssl, sid, sizeof sid);
   lua_getfield(L, opts, "session");
   if (lua_isnil(L, -1)) {
@@ -1015,9 +1063,16 @@ int sx_connection_new(lua_State *L) {
   sx_conn *conn;
   int obj, opts, side, close_transport = 0;
   const char *hostname = NULL;
-  if (lua_isnoneornil(L, 2)) {
+  if (lua_isnoneornil(L, 2)) {   /* only read from: one empty table serves every call */
+    static const char empty_opts_key = 'e';
     lua_settop(L, 1);
-    lua_newtable(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &empty_opts_key);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &empty_opts_key);
+    }
   }
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
@@ -1043,7 +1098,7 @@ int sx_connection_new(lua_State *L) {
   conn->side = side;
   conn->policy = c->policy[side];
   setup_transport(L, conn, obj, opts, &close_transport);
-  ERR_clear_error();
+  if (ERR_peek_error() != 0) ERR_clear_error();
   conn->ssl = SSL_new(c->ctx);
   if (conn->ssl == NULL) {
     sx_push_error(L, "SSL_new", "ssl");
@@ -1108,4 +1163,13 @@ void sx_connection_open(lua_State *L) {
     {NULL, NULL}
   };
   sx_register_class(L, SX_CONN_MT, methods, meta);
+  /* again, with the metatable as upvalue 1 of every method (conn_check_any) */
+  luaL_getmetatable(L, SX_CONN_MT);
+  lua_getfield(L, -1, "__index");
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, methods, 1);
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  luaL_setfuncs(L, meta, 1);
+  lua_pop(L, 1);
 }

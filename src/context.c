@@ -61,6 +61,7 @@ static void uv_get(lua_State *L, int obj, const char *field) {
 
 static void mark_policy_changed(sx_ctx *c) {
   c->sid_dirty = 1;
+  c->client_gen++;
 }
 
 /* A verification in progress holds the trust store without a reference: changing the store
@@ -73,6 +74,7 @@ static void check_trust_mutable(lua_State *L, sx_ctx *c) {
 static void mark_trust_changed(sx_ctx *c) {
   c->trust_gen++;
   c->sid_dirty = 1;
+  c->client_gen++;
 }
 
 /* ---- policy digest and the session id context --------------------------- */
@@ -750,6 +752,12 @@ static int set_dh(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   {
 #if SX_OPENSSL3
     EVP_PKEY *dh = PEM_read_bio_Parameters(bio, NULL);
+    /* any parameters parse here (EC too); only DH ones make DHE work */
+    if (dh != NULL && !EVP_PKEY_is_a(dh, "DH") && !EVP_PKEY_is_a(dh, "DHX")) {
+      EVP_PKEY_free(dh);
+      dh = NULL;
+      ERR_raise_data(ERR_LIB_SSL, SSL_R_WRONG_CERTIFICATE_TYPE, "not DH parameters");
+    }
     ok = dh != NULL && SSL_CTX_set0_tmp_dh_pkey(c->ctx, dh);
     if (dh != NULL && !ok) EVP_PKEY_free(dh);
 #else

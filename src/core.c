@@ -182,7 +182,13 @@ int sx_has_retry_verify(void) {
 }
 
 int sx_compat_is_ip_literal(const char *s) {
-  ASN1_OCTET_STRING *ip = a2i_IPADDRESS(s);
+  ASN1_OCTET_STRING *ip;
+  const char *q;
+  /* A DNS name has a character no IPv4/IPv6 literal has: decide without allocating. */
+  for (q = s; *q != '\0'; q++)
+    if (!((*q >= '0' && *q <= '9') || *q == '.' || *q == ':' || (*q >= 'a' && *q <= 'f') ||
+          (*q >= 'A' && *q <= 'F'))) return 0;
+  ip = a2i_IPADDRESS(s);
   ASN1_OCTET_STRING_free(ip);
   ERR_clear_error();
   return ip != NULL;
@@ -326,9 +332,20 @@ int luaopen_sslctx_core(lua_State *L) {
 
 /* ---- digests ------------------------------------------------------------ */
 
+static EVP_MD *sha256_md = NULL;
+static CRYPTO_ONCE sha256_once = CRYPTO_ONCE_STATIC_INIT;
+static void sha256_init(void) {
+#if SX_OPENSSL3
+  sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);   /* fetched once, not per digest */
+#endif
+}
+
 void sx_digest_init(sx_digest *d) {
+  const EVP_MD *md = EVP_sha256();
+  CRYPTO_THREAD_run_once(&sha256_once, sha256_init);
+  if (sha256_md != NULL) md = sha256_md;
   d->md = EVP_MD_CTX_new();
-  d->failed = d->md == NULL || !EVP_DigestInit_ex(d->md, EVP_sha256(), NULL);
+  d->failed = d->md == NULL || !EVP_DigestInit_ex(d->md, md, NULL);
 }
 
 void sx_digest_update(sx_digest *d, const void *p, size_t n) {

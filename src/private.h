@@ -30,6 +30,7 @@ typedef struct sx_callback {
   int kind;           /* SX_CB_* */
   sx_verify_fn fn;    /* SX_CB_C: the native function */
   const void *id;     /* identity for the session id context (function or pointer) */
+  int wants_store;    /* SX_CB_LUA: the function can see a second argument */
 } sx_callback;
 
 /* The verification policy of one side: what a connection copies at creation. */
@@ -59,6 +60,10 @@ typedef struct sx_ctx {
   int in_callback;              /* a callback of one of its connections is running */
   int store_shared;             /* trusts the process-wide default store (copy on write) */
   int params_identity;          /* verify params name a host or ip: clients need no hostname */
+  unsigned long client_gen;     /* bumped on every policy/trust change */
+  unsigned long memo_gen;       /* client_gen + 1 while the memo below is valid */
+  char memo_host[256];          /* hostname of the last client connection */
+  unsigned char memo_sid[32];   /* its session id context */
   /* uservalue fields: "cb_client", "cb_server" (as given), "fn_client", "fn_server" (Lua
    * functions), "password", "alpn_select", "servername", "session_cb" */
 } sx_ctx;

@@ -179,6 +179,14 @@ void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb) {
   case LUA_TFUNCTION:
     cb->kind = SX_CB_LUA;
     cb->id = lua_topointer(L, idx);
+    cb->wants_store = 1;
+#if LUA_VERSION_NUM >= 502
+    {   /* fn(ok) never sees a store: none is made for it */
+      lua_Debug ar;
+      lua_pushvalue(L, idx);
+      if (lua_getinfo(L, ">u", &ar) && !ar.isvararg && ar.nparams < 2) cb->wants_store = 0;
+    }
+#endif
     return;
   case LUA_TLIGHTUSERDATA:
     if (lua_touserdata(L, idx) == sx_RETRY || lua_touserdata(L, idx) == sx_KEEP)
@@ -265,11 +273,13 @@ int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void 
   lua_State *L = conn->L;
   sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(conn->ssl), sx_ctx_ex_index);
   int rc;
+  int queued = ERR_peek_error() != 0;
   conn->in_callback++;
   if (c != NULL) c->in_callback++;   /* its trust store is in use: see ctx trust setters */
-  ERR_set_mark();   /* whatever the Lua code does to the error queue stays its own */
+  if (queued) ERR_set_mark();   /* whatever the Lua code does to the error queue stays its own */
   rc = sx_cpcall(L, helper, data);
-  ERR_pop_to_mark();
+  if (queued) ERR_pop_to_mark();
+  else if (ERR_peek_error() != 0) ERR_clear_error();
   if (c != NULL) c->in_callback--;
   conn->in_callback--;
   if (rc == LUA_OK) return 1;
@@ -369,11 +379,15 @@ static int verify_helper(lua_State *L) {
   sx_conn_push(L, vc->conn);            /* conn, uv */
   lua_getfield(L, -1, "cb");
   lua_pushboolean(L, vc->ok);
-  vc->ud = (sx_store *)lua_newuserdata(L, sizeof(sx_store));
-  vc->ud->store = vc->store;
-  vc->ud->conn = vc->conn;
-  luaL_setmetatable(L, SX_STORE_MT);
-  lua_call(L, 2, 1);
+  if (vc->conn->policy.cb.wants_store) {
+    vc->ud = (sx_store *)lua_newuserdata(L, sizeof(sx_store));
+    vc->ud->store = vc->store;
+    vc->ud->conn = vc->conn;
+    luaL_setmetatable(L, SX_STORE_MT);
+    lua_call(L, 2, 1);
+  } else {
+    lua_call(L, 1, 1);
+  }
   switch (lua_type(L, -1)) {
   case LUA_TNIL: vc->verdict = VERDICT_KEEP; break;
   case LUA_TBOOLEAN: vc->verdict = lua_toboolean(L, -1) ? VERDICT_ACCEPT : VERDICT_REJECT; break;

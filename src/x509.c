@@ -46,7 +46,8 @@ static void holder_release(sx_holder *h) {
 }
 
 static int holder_gc(lua_State *L) {
-  holder_release((sx_holder *)lua_touserdata(L, 1));
+  /* reachable through debug.getregistry(): check what it is given, like every finalizer */
+  holder_release((sx_holder *)luaL_checkudata(L, 1, SX_HOLDER_MT));
   return 0;
 }
 
