@@ -54,7 +54,6 @@ end
 -- opts: handshakes, warmup, limit_kib, deadline (seconds; 0 = none), log (function(line))
 function M.run(opts)
   opts = opts or {}
-  local sslctx = require "sslctx"
   local helper = require "helper"
   local n = opts.handshakes or 10000
   local warmup = opts.warmup or 1000
@@ -70,14 +69,14 @@ function M.run(opts)
   local function client_ctx(version)
     local ctx = helper.client_ctx({ max_version = version, alpn = { "h2", "http/1.1" },
                                     certificate = pki("client-chain.pem"), key = pki("client.key") })
-    ctx:set_verification_mode("client", "always", function(ok, store)
+    ctx:set_verification_mode("client", "always", function(_, store)
       counters.client_cb = counters.client_cb + 1
       local cert = store:cert()
       if cert and store:depth() == 0 then local _ = cert:subject() end
       local _ = #store:chain()
       return nil
     end)
-    ctx:set_session_callback(function(conn, session)
+    ctx:set_session_callback(function()
       counters.sessions = counters.sessions + 1
     end)
     return ctx
@@ -85,11 +84,11 @@ function M.run(opts)
 
   local function server_ctx()
     local ctx = helper.server_ctx({ verify = "require" })
-    ctx:set_verification_mode("server", "require", function(ok, store)
+    ctx:set_verification_mode("server", "require", function(ok, _)   -- a store is made: cost measured
       counters.server_cb = counters.server_cb + 1
       return ok
     end)
-    ctx:set_alpn_select(function(offered, conn)
+    ctx:set_alpn_select(function(offered)
       counters.alpn = counters.alpn + 1
       return offered[1]
     end)
@@ -98,7 +97,7 @@ function M.run(opts)
 
   local cctx = { ["tls1.2"] = client_ctx("tls1.2"), ["tls1.3"] = client_ctx("tls1.3") }
   local sctx, sctx2 = server_ctx(), server_ctx()
-  sctx:set_servername_callback(function(name)
+  sctx:set_servername_callback(function()
     counters.sni = counters.sni + 1
     if counters.sni % 2 == 0 then return sctx2 end
     return nil

@@ -121,7 +121,7 @@ local FACTORY = {
 -- there (and returns what the handshake gave).  `expired_store()` is one kept afterwards.
 local function with_store(fn)
   local cctx, sctx = helper.contexts()
-  cctx:set_verification_mode("client", "always", function(ok, store)
+  cctx:set_verification_mode("client", "always", function(_, store)
     fn(store)
     return nil
   end)
@@ -701,8 +701,8 @@ end)
 describe("bad input regressions #badinput", function()
   -- (the closures return their call in parentheses: a tail call would lose the method's
   -- name, and LuaJIT would then count self as argument #1)
-  local function raises_naming(fn, arg_no, needle)
-    local ok, err = pcall(fn)
+  local function raises_naming(call, arg_no, needle)
+    local ok, err = pcall(call)
     assert.is_false(ok, "expected an error")
     err = tostring(err)
     assert.is_truthy(err:find("bad argument #" .. arg_no .. " to", 1, true),
@@ -877,7 +877,7 @@ describe("bad input regressions #badinput", function()
     if ok then
       -- show what accepting them costs: the DHE handshake that follows
       local cctx = helper.client_ctx({ max_version = "tls1.2", ciphers = "DHE-RSA-AES128-GCM-SHA256" })
-      local c, s, cok, cmsg = helper.connect(cctx, sctx)
+      local _, _, cok, cmsg = helper.connect(cctx, sctx)
       error("set_dh accepted EC parameters; the next DHE handshake: " .. tostring(cok) .. ", " ..
             tostring(cmsg), 0)
     end
@@ -887,7 +887,7 @@ describe("bad input regressions #badinput", function()
     -- DH parameters still work
     assert.is_true(sctx:set_dh(pki("dh2048.pem")))
     local cctx = helper.client_ctx({ max_version = "tls1.2", ciphers = "DHE-RSA-AES128-GCM-SHA256" })
-    local c, s = helper.connected(cctx, sctx)
+    local c = helper.connected(cctx, sctx)
     assert.are.equal("DHE-RSA-AES128-GCM-SHA256", c:cipher())
   end)
 
