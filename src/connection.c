@@ -654,15 +654,7 @@ static void conn_policy_changed(lua_State *L, sx_conn *conn) {
 }
 
 static int conn_check_side(lua_State *L, sx_conn *conn, int arg) {
-  const char *s;
-  int k;
-  if (lua_type(L, arg) != LUA_TSTRING)
-    return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got %s",
-                                                 luaL_typename(L, arg)));
-  s = lua_tostring(L, arg);
-  k = sx_keyword_index(s, side_names);
-  if (k < 0)
-    return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got '%s'", s));
+  int k = sx_check_side(L, arg);
   if (k != conn->side)
     return luaL_argerror(L, arg, lua_pushfstring(L, "this is a %s connection", side_names[conn->side]));
   return k;

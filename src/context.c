@@ -140,21 +140,6 @@ void sx_ctx_refresh_sid(lua_State *L, sx_ctx *c) {
 
 /* ---- verification ------------------------------------------------------- */
 
-static int check_side(lua_State *L, int arg) {
-  static const char *const sides[] = {"client", "server", NULL};
-  const char *s;
-  int k;
-  if (lua_type(L, arg) != LUA_TSTRING)
-    return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got %s",
-                                                 luaL_typename(L, arg)));
-  s = lua_tostring(L, arg);
-  k = sx_keyword_index(s, sides);
-  if (k < 0)
-    return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got '%s'",
-                                                 s));
-  return k;
-}
-
 /* Sets one side's mode and callback from the values at mode_idx / cb_idx. */
 static void ctx_set_policy(lua_State *L, int obj, sx_ctx *c, int side, int mode_idx,
                            sx_where mode_w, int cb_idx, sx_where cb_w) {
@@ -181,7 +166,7 @@ static void ctx_set_policy(lua_State *L, int obj, sx_ctx *c, int side, int mode_
 static int ctx_set_verification_mode(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
   lua_settop(L, 4);   /* an omitted callback is nil, at a fixed slot */
-  int side = check_side(L, 2);
+  int side = sx_check_side(L, 2);
   sx_where mw = {3, NULL}, cw = {4, NULL};
   if (lua_isnone(L, 3)) return luaL_argerror(L, 3, "mode expected");
   ctx_set_policy(L, 1, c, side, 3, mw, 4, cw);
@@ -191,7 +176,7 @@ static int ctx_set_verification_mode(lua_State *L) {
 
 static int ctx_get_verification_mode(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
-  int side = lua_isnoneornil(L, 2) ? -1 : check_side(L, 2);
+  int side = lua_isnoneornil(L, 2) ? -1 : sx_check_side(L, 2);
   int eff = side >= 0 ? side : (c->side == SX_BOTH ? c->last_side : c->side);
   int n = sx_push_mode(L, c->policy[eff].mode, side);
   if (n == 2) lua_pushnil(L);

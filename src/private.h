@@ -167,6 +167,7 @@ EVP_PKEY *sx_load_key(lua_State *L, int idx, sx_password *pw, sx_where w);
 /* ---- verify.c ----------------------------------------------------------- */
 
 void sx_verify_open(lua_State *L);
+int sx_check_side(lua_State *L, int arg);   /* "client" / "server" -> SX_CLIENT / SX_SERVER */
 int sx_parse_mode(lua_State *L, int idx, int side, sx_where w);
 /* Parses the callback argument at arg into cb; pushes the value to keep as "given" and
  * the Lua function (or nil) for the trampoline. */

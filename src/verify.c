@@ -89,6 +89,18 @@ static int parse_keyword_mode(lua_State *L, int idx, int side, sx_where w) {
   return mode;
 }
 
+/* The side argument of set/get_verification_mode: "client" or "server". */
+int sx_check_side(lua_State *L, int arg) {
+  static const char *const sides[] = {"client", "server", NULL};
+  int k = lua_type(L, arg) == LUA_TSTRING ? sx_keyword_index(lua_tostring(L, arg), sides) : -1;
+  if (k >= 0) return k;
+  if (lua_type(L, arg) == LUA_TSTRING)
+    return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got '%s'",
+                                                 lua_tostring(L, arg)));
+  return luaL_argerror(L, arg, lua_pushfstring(L, "side must be 'server' or 'client', got %s",
+                                               luaL_typename(L, arg)));
+}
+
 int sx_parse_mode(lua_State *L, int idx, int side, sx_where w) {
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
