@@ -18,6 +18,9 @@
 -- RUN(data) raises "INVARIANT: ..." when a call breaks the contract's shape: a raised
 -- error that is not a string, or nil, message, kind with a non-string message or unknown kind.
 
+-- The harness (fuzz/common.c) provides these globals; RUN is what it calls.
+-- luacheck: globals sslctx CERT_PEM KEY_PEM CRL_PEM RUN
+
 local REG = debug.getregistry()
 local KINDS = { want_read = 1, want_write = 1, want_retry_verify = 1, verify = 1, callback = 1,
                 closed = 1, eof = 1, ssl = 1, syscall = 1, file = 1, key = 1, timeout = 1 }
@@ -125,7 +128,7 @@ local function make_function()
   if kind == 6 then
     -- re-enters the module from inside the callback: a call chosen now, made then
     local saved = pos
-    return function(...)
+    return function()
       if depth > 2 then return nil end
       depth = depth + 1
       local p = pos
@@ -136,7 +139,7 @@ local function make_function()
       return nil
     end
   end
-  return function(a) return KEYWORDS[(byte() % #KEYWORDS) + 1] end
+  return function() return KEYWORDS[(byte() % #KEYWORDS) + 1] end
 end
 
 local PEMS = { CERT_PEM, KEY_PEM, CRL_PEM, CERT_PEM .. CERT_PEM, "-----BEGIN CERTIFICATE-----\n" }
