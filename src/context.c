@@ -366,7 +366,9 @@ static int set_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
     int t;
     lua_rawgeti(L, idx, i);
     t = lua_type(L, -1);
-    if (t != LUA_TSTRING && !(t == LUA_TUSERDATA && luaL_testudata(L, -1, SX_X509_MT)))
+    if (t == LUA_TUSERDATA && luaL_testudata(L, -1, SX_X509_MT) && sx_x509_test(L, -1) == NULL)
+      return sx_where_error(L, w, lua_pushfstring(L, "entry #%d: x509 is closed", i));
+    if (t != LUA_TSTRING && !(t == LUA_TUSERDATA && sx_x509_test(L, -1) != NULL))
       return sx_where_error(L, w, lua_pushfstring(L, "entry #%d: file name, PEM text or sslctx.x509 "
                                                      "expected, got %s", i, luaL_typename(L, -1)));
     lua_pop(L, 1);
