@@ -74,8 +74,11 @@ void sx_hook_clear_request(lua_State *L) {
   if (fn != NULL) fn(L, NULL);
 }
 
+#define SX_VM_MT "sslctx.vm"
+
 static int vm_gc(lua_State *L) {
-  sx_vm **box = (sx_vm **)lua_touserdata(L, 1);
+  /* reachable through debug.getregistry(): check what it is given, like every finalizer */
+  sx_vm **box = (sx_vm **)luaL_checkudata(L, 1, SX_VM_MT);
   if (*box != NULL) {
     (*box)->alive = 0;
     vm_unref(*box);
@@ -97,9 +100,10 @@ static sx_vm *vm_get(lua_State *L) {
   lua_pop(L, 1);
   box = (sx_vm **)lua_newuserdata(L, sizeof(sx_vm *));
   *box = NULL;
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, vm_gc);
-  lua_setfield(L, -2, "__gc");
+  if (luaL_newmetatable(L, SX_VM_MT)) {
+    lua_pushcfunction(L, vm_gc);
+    lua_setfield(L, -2, "__gc");
+  }
   lua_setmetatable(L, -2);
   vm = (sx_vm *)OPENSSL_zalloc(sizeof(sx_vm));
   if (vm == NULL) return (sx_vm *)(size_t)luaL_error(L, "out of memory");
