@@ -171,7 +171,9 @@ describe("sslctx.socket", function()
       local t0 = gettime()
       local r, err, part = cs:receive("*l")
       assert.same({ nil, "timeout", "" }, { r, err, part })
-      assert.truthy(elapsed(t0) < 0.1)
+      -- nothing arrives, so any wait at all would last until the peer closes; the bound is
+      -- loose because check-gc runs a full collection every 100 instructions
+      assert.truthy(elapsed(t0) < 1)
     end)
 
     it("mode 't' bounds the whole call across several arrivals; mode 'b' each wait", function()
