@@ -365,41 +365,32 @@ static int has_private(EVP_PKEY *k) {
   return n > 0;
 }
 
-/* pem([public_only]): the private key as unencrypted PKCS#8, or the public key (also what
- * a key without its private half gives). */
-static int pkey_pem(lua_State *L) {
+/* pem([public_only]) / der([public_only]): the private key as unencrypted PKCS#8, or the
+ * public key (SubjectPublicKeyInfo; also what a key without its private half gives). */
+static int pkey_encode(lua_State *L, int der) {
   EVP_PKEY *k = pkey_check(L, 1);
   int public_only = lua_toboolean(L, 2) || !has_private(k);
   BIO *b = sx_membio_push(L);
   int ok;
   ERR_clear_error();
   if (b == NULL) ok = 0;
-  else if (public_only) ok = PEM_write_bio_PUBKEY(b, k);
+  else if (public_only) ok = der ? i2d_PUBKEY_bio(b, k) : PEM_write_bio_PUBKEY(b, k);
+  else if (der) ok = i2d_PKCS8PrivateKey_bio(b, k, NULL, NULL, 0, NULL, NULL);
   else ok = PEM_write_bio_PKCS8PrivateKey(b, k, NULL, NULL, 0, NULL, NULL);
   if (!ok) {
     sx_membio_pop(L);
-    return sx_push_error(L, "pem", "ssl");
+    return sx_push_error(L, der ? "der" : "pem", "ssl");
   }
   sx_membio_result(L);
   return 1;
 }
 
-/* der([public_only]): as pem(), DER-encoded (PKCS#8 or SubjectPublicKeyInfo). */
+static int pkey_pem(lua_State *L) {
+  return pkey_encode(L, 0);
+}
+
 static int pkey_der(lua_State *L) {
-  EVP_PKEY *k = pkey_check(L, 1);
-  int public_only = lua_toboolean(L, 2) || !has_private(k);
-  BIO *b = sx_membio_push(L);
-  int ok;
-  ERR_clear_error();
-  if (b == NULL) ok = 0;
-  else if (public_only) ok = i2d_PUBKEY_bio(b, k);
-  else ok = i2d_PKCS8PrivateKey_bio(b, k, NULL, NULL, 0, NULL, NULL);
-  if (!ok) {
-    sx_membio_pop(L);
-    return sx_push_error(L, "der", "ssl");
-  }
-  sx_membio_result(L);
-  return 1;
+  return pkey_encode(L, 1);
 }
 
 static int pkey_tostring(lua_State *L) {
