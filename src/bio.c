@@ -1,8 +1,14 @@
-/* bio.c: the fd transport's BIO.  OpenSSL's socket BIO writes with write(2), which raises
- * SIGPIPE on a socket the peer has closed and kills a Lua process that did not ignore it;
- * this one sends with MSG_NOSIGNAL, and falls back to read/write for non-sockets (pipes). */
+/* bio.c: the module's own BIOs.
+ * - fd: OpenSSL's socket BIO writes with write(2), which raises SIGPIPE on a socket the peer
+ *   has closed and kills a Lua process that did not ignore it; this one sends with
+ *   MSG_NOSIGNAL, and falls back to read/write for non-sockets (pipes).
+ * - outbox: the memory transport's write side.  drain() makes its Lua string straight from
+ *   this buffer, one copy, where a BIO_s_mem would need a BIO_read into a bounce buffer first.
+ */
 #define _GNU_SOURCE 1
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #include <sys/types.h>
 #include <sys/socket.h>
@@ -115,4 +121,132 @@ BIO *sx_fd_bio_new(int fd) {
   b = BIO_new(fd_method);
   if (b != NULL) ((fd_bio *)BIO_get_data(b))->fd = fd;
   return b;
+}
+
+/* ---- outbox: SSL -> drain() ---------------------------------------------- */
+
+/* A buffer past this size is freed once drained, so that one burst does not pin it. */
+#define OUTBOX_KEEP (64 * 1024)
+
+typedef struct outbox {
+  char *buf;
+  size_t off, len, cap;   /* unread bytes are buf[off .. len) */
+} outbox;
+
+static int outbox_reserve(outbox *o, size_t n) {
+  size_t need, cap;
+  char *nb;
+  if (o->off > 0 && o->cap - o->len < n) {   /* slide the unread part down first */
+    memmove(o->buf, o->buf + o->off, o->len - o->off);
+    o->len -= o->off;
+    o->off = 0;
+  }
+  if (o->cap - o->len >= n) return 1;
+  need = o->len + n;
+  if (need < o->len) return 0;
+  cap = o->cap > 0 ? o->cap : 4096;
+  while (cap < need) {
+    if (cap > ((size_t)-1) / 2) { cap = need; break; }
+    cap *= 2;
+  }
+  nb = (char *)realloc(o->buf, cap);
+  if (nb == NULL) return 0;
+  o->buf = nb;
+  o->cap = cap;
+  return 1;
+}
+
+static int outbox_write(BIO *b, const char *data, int len) {
+  outbox *o = (outbox *)BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (len <= 0) return 0;
+  if (!outbox_reserve(o, (size_t)len)) return -1;   /* SSL reports the failed write */
+  memcpy(o->buf + o->len, data, (size_t)len);
+  o->len += (size_t)len;
+  return len;
+}
+
+/* What is waiting, without taking it (drain pushes it, then consumes). */
+const char *sx_outbox_peek(BIO *b, size_t *n) {
+  outbox *o = (outbox *)BIO_get_data(b);
+  *n = o->len - o->off;
+  return o->buf + o->off;
+}
+
+void sx_outbox_consume(BIO *b, size_t n) {
+  outbox *o = (outbox *)BIO_get_data(b);
+  if (n > o->len - o->off) n = o->len - o->off;
+  o->off += n;
+  if (o->off < o->len) return;
+  o->off = o->len = 0;
+  if (o->cap > OUTBOX_KEEP) {
+    free(o->buf);
+    o->buf = NULL;
+    o->cap = 0;
+  }
+}
+
+static int outbox_read(BIO *b, char *out, int outl) {
+  size_t have;
+  const char *p = sx_outbox_peek(b, &have);
+  BIO_clear_retry_flags(b);
+  if (out == NULL || outl <= 0) return 0;
+  if (have == 0) {   /* empty is "not yet", like a memory BIO with eof_return -1 */
+    BIO_set_retry_read(b);
+    return -1;
+  }
+  if (have > (size_t)outl) have = (size_t)outl;
+  memcpy(out, p, have);
+  sx_outbox_consume(b, have);
+  return (int)have;
+}
+
+static long outbox_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  outbox *o = (outbox *)BIO_get_data(b);
+  (void)num;
+  (void)ptr;
+  switch (cmd) {
+  case BIO_CTRL_PENDING:
+  case BIO_CTRL_WPENDING: return (long)(o->len - o->off);
+  case BIO_CTRL_EOF: return o->len == o->off;
+  case BIO_CTRL_RESET: sx_outbox_consume(b, o->len - o->off); return 1;
+  case BIO_CTRL_FLUSH: return 1;
+  default: return 0;
+  }
+}
+
+static int outbox_create(BIO *b) {
+  outbox *o = (outbox *)OPENSSL_zalloc(sizeof *o);
+  if (o == NULL) return 0;
+  BIO_set_data(b, o);
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static int outbox_destroy(BIO *b) {
+  outbox *o = (outbox *)BIO_get_data(b);
+  if (o != NULL) free(o->buf);
+  OPENSSL_free(o);
+  BIO_set_data(b, NULL);
+  return 1;
+}
+
+static BIO_METHOD *outbox_method = NULL;
+static CRYPTO_ONCE outbox_method_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void outbox_method_init(void) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sslctx outbox");
+  if (m == NULL) return;
+  BIO_meth_set_write(m, outbox_write);
+  BIO_meth_set_read(m, outbox_read);
+  BIO_meth_set_ctrl(m, outbox_ctrl);
+  BIO_meth_set_create(m, outbox_create);
+  BIO_meth_set_destroy(m, outbox_destroy);
+  outbox_method = m;   /* process-wide and never freed, as fd_method */
+}
+
+BIO *sx_outbox_new(void) {
+  if (!CRYPTO_THREAD_run_once(&outbox_method_once, outbox_method_init) || outbox_method == NULL)
+    return NULL;
+  return BIO_new(outbox_method);
 }

@@ -73,6 +73,33 @@ static inline int sx_isintegral(lua_State *L, int idx) {
 #define sx_setuv(L, idx) lua_setiuservalue((L), (idx), 1)
 #endif
 
+/* A connection keeps its Lua values (contexts, callback, socket, logger) in numbered slots:
+ * user values on 5.4, which saves a table per connection; an array table before. */
+#if LUA_VERSION_NUM >= 504
+#define sx_newuserdata_slots(L, sz, n) lua_newuserdatauv((L), (sz), (n))
+#define sx_getslot(L, idx, k) ((void)lua_getiuservalue((L), (idx), (k)))
+#define sx_setslot(L, idx, k) ((void)lua_setiuservalue((L), (idx), (k)))
+#else
+static inline void *sx_newuserdata_slots(lua_State *L, size_t sz, int n) {
+  void *p = lua_newuserdata(L, sz);
+  lua_createtable(L, n, 0);
+  sx_setuv(L, -2);
+  return p;
+}
+static inline void sx_getslot(lua_State *L, int idx, int k) {   /* pushes slot k */
+  sx_getuv(L, idx);
+  lua_rawgeti(L, -1, k);
+  lua_remove(L, -2);
+}
+static inline void sx_setslot(lua_State *L, int idx, int k) {   /* pops the value into slot k */
+  idx = lua_absindex(L, idx);
+  sx_getuv(L, idx);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, k);
+  lua_pop(L, 1);
+}
+#endif
+
 /* Calls f(ud) in protected mode; 0 on success, else the error value is left on the stack.
  * On 5.1 pushing a C function allocates (and may raise), so lua_cpcall does it for us. */
 #if LUA_VERSION_NUM == 501

@@ -60,27 +60,25 @@ static void conn_release(sx_conn *conn) {
 }
 
 static void close_socket(lua_State *L, int obj, int protected_call) {
-  sx_getuv(L, obj);
-  lua_getfield(L, -1, "socket");
+  sx_getslot(L, obj, SX_SLOT_SOCKET);
   if (!lua_isnil(L, -1)) {
     lua_getfield(L, -1, "close");
     lua_pushvalue(L, -2);
     if (protected_call) lua_pcall(L, 1, 0, 0);   /* in __gc: a failing close is not ours to raise */
     else lua_call(L, 1, 0);
   }
-  lua_pop(L, 2);
+  lua_pop(L, 1);
 }
 
 /* getfd() of the LuaSocket object, run protected when asked (in __gc). */
 static int socket_current_fd(lua_State *L, int obj, int protected_call) {
   int fd = -1;
-  sx_getuv(L, obj);
-  lua_getfield(L, -1, "socket");
+  sx_getslot(L, obj, SX_SLOT_SOCKET);
   lua_getfield(L, -1, "getfd");
   lua_pushvalue(L, -2);
   if (protected_call ? lua_pcall(L, 1, 1, 0) == LUA_OK : (lua_call(L, 1, 1), 1))
     fd = sx_isintegral(L, -1) ? (int)lua_tointeger(L, -1) : -1;
-  lua_pop(L, 3);
+  lua_pop(L, 2);
   return fd;
 }
 
@@ -323,8 +321,8 @@ static int conn_read(lua_State *L) {
   lua_pushnil(L);
   errslot = lua_gettop(L);
   {   /* the common case: one SSL_read, what is ready fits: one copy into the Lua string */
-    char first[READ_CHUNK];
-    size_t room = limit < READ_CHUNK ? limit : READ_CHUNK;
+    char first[16384];   /* a whole TLS record's plaintext, whatever the luaL_Buffer's size */
+    size_t room = limit < sizeof first ? limit : sizeof first;
     errno = 0;
     r = SSL_read(conn->ssl, first, (int)room);
     if (conn->cb_failed && conn->cb_err_index != errslot) {
@@ -473,33 +471,17 @@ static int conn_feed(lua_State *L) {
   return 1;
 }
 
+/* One copy: the Lua string is made straight from the outbox, which is consumed only once the
+ * string exists (a memory error loses nothing). */
 static int conn_drain(lua_State *L) {
   sx_conn *conn = memory_check(L);
-  size_t pending = BIO_ctrl_pending(conn->wbio);
+  size_t pending;
+  const char *p = sx_outbox_peek(conn->wbio, &pending);
   lua_Integer max = luaL_optinteger(L, 2, (lua_Integer)pending);
-  luaL_Buffer b;
   luaL_argcheck(L, max >= 0, 2, "byte count must not be negative");
   if ((size_t)max < pending) pending = (size_t)max;
-  if (pending == 0) {
-    lua_pushliteral(L, "");
-    return 1;
-  }
-  if (pending <= 2 * READ_CHUNK) {   /* a record or two: one BIO_read, one Lua string */
-    char tmp[2 * READ_CHUNK];
-    int r = BIO_read(conn->wbio, tmp, (int)pending);
-    lua_pushlstring(L, tmp, r > 0 ? (size_t)r : 0);
-    return 1;
-  }
-  luaL_buffinit(L, &b);
-  while (pending > 0) {
-    size_t room = pending < READ_CHUNK ? pending : READ_CHUNK;
-    char *p = sx_prepbuffsize(&b, room);
-    int r = BIO_read(conn->wbio, p, (int)room);
-    if (r <= 0) break;
-    luaL_addsize(&b, (size_t)r);
-    pending -= (size_t)r;
-  }
-  luaL_pushresult(&b);
+  lua_pushlstring(L, p, pending);
+  sx_outbox_consume(conn->wbio, pending);
   return 1;
 }
 
@@ -626,8 +608,7 @@ static int conn_side(lua_State *L) {
 
 static int conn_context(lua_State *L) {
   sx_conn_check(L, 1);
-  sx_getuv(L, 1);
-  lua_getfield(L, -1, "ctx");
+  sx_getslot(L, 1, SX_SLOT_CTX);
   return 1;
 }
 
@@ -672,10 +653,8 @@ static int conn_set_verification_mode(lua_State *L) {
     sx_callback cb;
     sx_parse_callback(L, 4, cw, &cb);
     conn->policy.cb = cb;
-    sx_getuv(L, 1);
     lua_pushvalue(L, 4);
-    lua_setfield(L, -2, "cb");
-    lua_pop(L, 1);
+    sx_setslot(L, 1, SX_SLOT_CB);
   }
   conn->policy.mode = mode;
   sx_apply_verify(conn->ssl, &conn->policy, conn->soft_fail);
@@ -688,9 +667,7 @@ static int conn_get_verification_mode(lua_State *L) {
   sx_conn *conn = sx_conn_check(L, 1);
   int side = lua_isnoneornil(L, 2) ? -1 : conn_check_side(L, conn, 2);
   if (sx_push_mode(L, conn->policy.mode, side) == 2) lua_pushnil(L);
-  sx_getuv(L, 1);
-  lua_getfield(L, -1, "cb");
-  lua_remove(L, -2);
+  sx_getslot(L, 1, SX_SLOT_CB);
   return 4;
 }
 
@@ -849,9 +826,8 @@ static int conn_set_policy(lua_State *L) {
 static int conn_set_logger(lua_State *L) {
   sx_conn_check(L, 1);
   if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
-  sx_getuv(L, 1);
   lua_pushvalue(L, 2);
-  lua_setfield(L, -2, "logger");
+  sx_setslot(L, 1, SX_SLOT_LOGGER);
   return 0;
 }
 
@@ -864,12 +840,10 @@ static int conn_is_borrowed(lua_State *L) {
 
 /* Pushes a connection object over someone else's SSL (hook.c keeps it anchored). */
 sx_conn *sx_conn_new_borrowed(lua_State *L, SSL *ssl, lua_State *thread) {
-  sx_conn *conn = (sx_conn *)sx_newuserdata(L, sizeof(sx_conn));
+  sx_conn *conn = (sx_conn *)sx_newuserdata_slots(L, sizeof(sx_conn), SX_SLOT_N);
   memset(conn, 0, sizeof *conn);
   conn->fd = -1;
   luaL_setmetatable(L, SX_CONN_MT);
-  lua_newtable(L);
-  sx_setuv(L, -2);
   conn->ssl = ssl;
   conn->borrowed = 1;
   conn->transport = SX_T_BORROWED;
@@ -936,10 +910,8 @@ static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts, int 
     conn->transport = SX_T_SOCKET;
     conn->fd = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
-    sx_getuv(L, obj);
     lua_pushvalue(L, s);
-    lua_setfield(L, -2, "socket");   /* the connection keeps the socket alive */
-    lua_pop(L, 1);
+    sx_setslot(L, obj, SX_SLOT_SOCKET);   /* the connection keeps the socket alive */
   } else {
     conn->transport = SX_T_MEMORY;
     conn->fd = -1;
@@ -963,7 +935,7 @@ static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts, int 
 static void attach_transport(lua_State *L, sx_conn *conn) {
   if (conn->transport == SX_T_MEMORY) {
     conn->rbio = BIO_new(BIO_s_mem());
-    conn->wbio = BIO_new(BIO_s_mem());
+    conn->wbio = sx_outbox_new();
     if (conn->rbio == NULL || conn->wbio == NULL) {
       BIO_free(conn->rbio);
       BIO_free(conn->wbio);
@@ -971,7 +943,6 @@ static void attach_transport(lua_State *L, sx_conn *conn) {
       luaL_error(L, "out of memory");
     }
     BIO_set_mem_eof_return(conn->rbio, -1);   /* empty means "not yet", until feed(nil) */
-    BIO_set_mem_eof_return(conn->wbio, -1);
     SSL_set_bio(conn->ssl, conn->rbio, conn->wbio);
   } else {
     BIO *b = sx_fd_bio_new(conn->fd);
@@ -1072,21 +1043,19 @@ int sx_connection_new(lua_State *L) {
   check_conn_options(L, opts);
   side = conn_side_from(L, c, opts);
   if (side == SX_SERVER) sx_ctx_refresh_sid(L, c);   /* before SSL_new copies it */
-  conn = (sx_conn *)sx_newuserdata(L, sizeof(sx_conn));
+  conn = (sx_conn *)sx_newuserdata_slots(L, sizeof(sx_conn), SX_SLOT_N);
   memset(conn, 0, sizeof *conn);   /* closed until SSL_new succeeds */
   conn->fd = -1;
   luaL_setmetatable(L, SX_CONN_MT);
   obj = lua_gettop(L);
-  lua_createtable(L, 0, 4);
   lua_pushvalue(L, 1);
-  lua_setfield(L, -2, "ctx");     /* the connection keeps its context alive */
+  sx_setslot(L, obj, SX_SLOT_CTX);    /* the connection keeps its context alive */
   lua_pushvalue(L, 1);
-  lua_setfield(L, -2, "ctx0");    /* and the original one across an SNI switch */
+  sx_setslot(L, obj, SX_SLOT_CTX0);   /* and the original one across an SNI switch */
   sx_getuv(L, 1);
   lua_getfield(L, -1, side == SX_CLIENT ? "cb_client" : "cb_server");
-  lua_setfield(L, -3, "cb");
+  sx_setslot(L, obj, SX_SLOT_CB);
   lua_pop(L, 1);
-  sx_setuv(L, obj);
   conn->side = side;
   conn->policy = c->policy[side];
   setup_transport(L, conn, obj, opts, &close_transport);

@@ -1027,12 +1027,12 @@ static void switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx) 
   sx_getuv(L, nc_idx);
   lua_getfield(L, -1, "cb_server");
   lua_remove(L, -2);
-  sx_conn_push(L, conn);      /* value, conn, conn_uv */
-  lua_pushvalue(L, -3);
-  lua_setfield(L, -2, "cb");
+  sx_conn_push(L, conn);      /* value, conn */
+  lua_pushvalue(L, -2);
+  sx_setslot(L, -2, SX_SLOT_CB);
   lua_pushvalue(L, nc_idx);
-  lua_setfield(L, -2, "ctx");
-  lua_pop(L, 3);
+  sx_setslot(L, -2, SX_SLOT_CTX);
+  lua_pop(L, 2);
 }
 
 static int sni_helper(lua_State *L) {

@@ -185,7 +185,7 @@ static int log_helper(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &message_key);
   msg = lua_gettop(L);
   sx_conn_push(L, conn);
-  lua_getfield(L, -1, "logger");
+  sx_getslot(L, -1, SX_SLOT_LOGGER);
   if (lua_isnil(L, -1)) return 0;
   lua_pushfstring(L, "sslctx: %s callback: ", conn->cb_name != NULL ? conn->cb_name : "verify");
   if (lua_type(L, msg) == LUA_TSTRING || lua_type(L, msg) == LUA_TNUMBER) lua_pushvalue(L, msg);

@@ -72,6 +72,9 @@ typedef struct sx_ctx {
 
 enum { SX_T_MEMORY = 0, SX_T_FD, SX_T_SOCKET, SX_T_BORROWED };
 
+/* A connection's Lua slots (sx_getslot / sx_setslot). */
+enum { SX_SLOT_CTX = 1, SX_SLOT_CTX0, SX_SLOT_CB, SX_SLOT_SOCKET, SX_SLOT_LOGGER, SX_SLOT_N = SX_SLOT_LOGGER };
+
 typedef struct sx_conn {
   SSL *ssl;                     /* NULL once closed */
   lua_State *L;                 /* the thread driving it, during a driving call */
@@ -194,6 +197,9 @@ void sx_ctx_refresh_sid(lua_State *L, sx_ctx *c);
 
 void sx_connection_open(lua_State *L);
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */
+BIO *sx_outbox_new(void);      /* bio.c: the memory transport's write side */
+const char *sx_outbox_peek(BIO *b, size_t *n);
+void sx_outbox_consume(BIO *b, size_t n);
 sx_conn *sx_conn_new_borrowed(lua_State *L, SSL *ssl, lua_State *thread);  /* pushes it */
 
 /* hook.c: borrowed connections */

@@ -278,7 +278,6 @@ int sslctx_cb_insecure_accept_all(int ok, X509_STORE_CTX *store) {
 
 void sx_conn_push(lua_State *L, sx_conn *conn) {
   if (!sx_objects_push(L, conn)) luaL_error(L, "connection object is gone");
-  sx_getuv(L, -1);
 }
 
 int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void *data) {
@@ -388,8 +387,8 @@ typedef struct verify_call {
 
 static int verify_helper(lua_State *L) {
   verify_call *vc = (verify_call *)lua_touserdata(L, 1);
-  sx_conn_push(L, vc->conn);            /* conn, uv */
-  lua_getfield(L, -1, "cb");
+  sx_conn_push(L, vc->conn);
+  sx_getslot(L, -1, SX_SLOT_CB);
   lua_pushboolean(L, vc->ok);
   if (vc->conn->policy.cb.wants_store) {
     vc->ud = (sx_store *)lua_newuserdata(L, sizeof(sx_store));

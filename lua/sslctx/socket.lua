@@ -65,9 +65,10 @@ local WRITE_CHUNK = 65536
 -- ---------------------------------------------------------------------------
 -- helpers
 
+local function get_new_connection(x) return x.new_connection end
 local function is_context(x)
   if type(x) ~= "userdata" then return false end
-  local ok, f = pcall(function() return x.new_connection end)
+  local ok, f = pcall(get_new_connection, x)   -- no closure per call
   return ok and type(f) == "function"
 end
 
@@ -95,7 +96,11 @@ end
 local function wait(self, dir, start)
   local t = time_left(self, start)
   if t == 0 then return false end
-  local set = { self.sock }
+  local set = self.sockset   -- one table per stream, for select
+  if not set then
+    set = { self.sock }
+    self.sockset = set
+  end
   local err
   if dir == "r" then err = select(3, select_(set, nil, t))
   else err = select(3, select_(nil, set, t)) end
