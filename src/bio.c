@@ -125,8 +125,9 @@ BIO *sx_fd_bio_new(int fd) {
 
 /* ---- outbox: SSL -> drain() ---------------------------------------------- */
 
-/* A buffer past this size is freed once drained, so that one burst does not pin it. */
-#define OUTBOX_KEEP (64 * 1024)
+/* Once drained, a buffer past this size is freed: an idle connection keeps at most this much,
+ * and one burst does not pin its memory. */
+#define OUTBOX_KEEP 2048
 
 typedef struct outbox {
   char *buf;
@@ -143,11 +144,12 @@ static int outbox_reserve(outbox *o, size_t n) {
   }
   if (o->cap - o->len >= n) return 1;
   need = o->len + n;
-  if (need < o->len) return 0;
-  cap = o->cap > 0 ? o->cap : 4096;
-  while (cap < need) {
-    if (cap > ((size_t)-1) / 2) { cap = need; break; }
-    cap *= 2;
+  if (need < o->len || need > ((size_t)-1) / 2) return 0;
+  if (o->cap == 0) {
+    cap = (need + 255) & ~(size_t)255;   /* sized to the first write */
+  } else {
+    cap = o->cap;
+    while (cap < need) cap *= 2;
   }
   nb = (char *)realloc(o->buf, cap);
   if (nb == NULL) return 0;
