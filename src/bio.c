@@ -172,7 +172,7 @@ static int outbox_write(BIO *b, const char *data, int len) {
 const char *sx_outbox_peek(BIO *b, size_t *n) {
   outbox *o = (outbox *)BIO_get_data(b);
   *n = o->len - o->off;
-  return o->buf + o->off;
+  return *n > 0 ? o->buf + o->off : "";   /* never NULL: callers may hand it to memcpy */
 }
 
 void sx_outbox_consume(BIO *b, size_t n) {
