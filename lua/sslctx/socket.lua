@@ -609,25 +609,21 @@ function Stream:sni(name)
   return true
 end
 
-function Stream:getsniname()
-  local conn = live_conn(self)
-  return conn and conn:servername() or nil
+-- Read-only accessors forwarded to the live connection: getsniname, getalpn, session give
+-- nil without one, session_reused false.
+local function forward(method, none)
+  return function(self)
+    local conn = live_conn(self)
+    if not conn then return none end
+    local v = conn[method](conn)
+    if v == nil then return none end
+    return v
+  end
 end
-
-function Stream:getalpn()
-  local conn = live_conn(self)
-  return conn and conn:alpn() or nil
-end
-
-function Stream:session()
-  local conn = live_conn(self)
-  return conn and conn:session() or nil
-end
-
-function Stream:session_reused()
-  local conn = live_conn(self)
-  return conn and conn:session_reused() or false
-end
+Stream.getsniname = forward("servername", nil)
+Stream.getalpn = forward("alpn", nil)
+Stream.session = forward("session", nil)
+Stream.session_reused = forward("session_reused", false)
 
 --- info([field]) -> {protocol, cipher, alpn, servername, session_reused, verify} or one field
 function Stream:info(field)
