@@ -73,6 +73,15 @@ describe("sslctx.new", function()
       assert.equal(3, si); assert.equal("require", sp)
     end)
 
+    it("a 'both' context refuses any verify key but client and server", function()
+      for _, v in ipairs({ { clinet = "never" }, { "verify_peer", "fail_if_no_peer_cert" },
+                           { client = "never", [1] = "x" } }) do
+        local ok, err = pcall(sslctx.new, { side = "both", verify = v })
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("option 'verify': a 'both' context takes", 1, true), err)
+      end
+    end)
+
     it("a 'both' context needs opts.side in new_connection and applies that side's mode", function()
       local ctx = helper.new_ctx(server_opts({ side = "both", ca_file = pki("ca.pem"),
         verify = { client = "never", server = "require" } }))
@@ -262,6 +271,24 @@ describe("sslctx.new", function()
     it("ca_path (hashed directory)", function()
       local _, _, cok, cmsg = verify_against_good({ ca_path = pki("capath") })
       assert.is_true(cok, cmsg)
+    end)
+
+    it("a ca_path that is missing or not a directory is a 'file' failure, not a silent one", function()
+      local missing = pki("no-such-dir")
+      for _, dir in ipairs({ missing, pki("ca.pem"), pki("capath") .. ":" .. missing }) do
+        local ctx, msg, kind = sslctx.new({ ca_path = dir })
+        assert.is_nil(ctx)
+        assert.equal("file", kind, msg)
+        assert.truthy(msg:find("trust directory '", 1, true), msg)
+        local good = helper.new_ctx({})
+        local ok, msg2, kind2 = good:load_verify_locations(nil, dir)
+        assert.is_nil(ok)
+        assert.equal("file", kind2, msg2)
+      end
+      assert.truthy(select(2, sslctx.new({ ca_path = missing })):find("No such file", 1, true))
+      assert.truthy(select(2, sslctx.new({ ca_path = pki("ca.pem") })):find("not a directory", 1, true))
+      -- a list with an empty element is fine
+      assert.is_truthy(sslctx.new({ ca_path = pki("capath") .. "::" }))
     end)
 
     it("ca (PEM text)", function()

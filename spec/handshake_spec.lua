@@ -36,6 +36,22 @@ end
 
 -- The client learns of the server's rejection: in TLS 1.2 its handshake fails; in TLS 1.3
 -- its handshake may complete first, and its first read then reports the alert.
+-- After a failure every driving call repeats its kind: OpenSSL's broken state must never
+-- read as a clean close ("closed") or as a transport end ("eof").
+local function assert_stays_failed(conn, kind)
+  for name, call in pairs({
+    read = function() return conn:read() end,
+    write = function() return conn:write("x") end,
+    handshake = function() return conn:handshake() end,
+    shutdown = function() return conn:shutdown() end,
+  }) do
+    local v, msg, k = call()
+    assert.is_nil(v, name)
+    assert.equal(kind, k, name .. ": " .. tostring(msg))
+    assert.equal(kind .. ": the connection has already failed", msg, name)
+  end
+end
+
 local function assert_client_learns_rejection(c, version, cok, cmsg, ckind)
   if version == "tls1.2" then
     assert.is_nil(cok)
@@ -51,6 +67,7 @@ local function assert_client_learns_rejection(c, version, cok, cmsg, ckind)
       assert.equal("ssl", ckind, cmsg)
     end
   end
+  assert_stays_failed(c, "ssl")
 end
 
 describe("server modes", function()
@@ -90,6 +107,7 @@ describe("server modes", function()
               assert.equal(untrusted_client_code(), code)
             end
             assert_client_learns_rejection(c, version, cok, cmsg, ckind)
+            assert_stays_failed(s, "verify")
           else
             assert.is_true(cok, cmsg)
             assert.is_true(sok, smsg)

@@ -179,6 +179,7 @@ static void push_error_text(lua_State *L, int idx) {
 static int push_callback_error(lua_State *L, sx_conn *conn) {
   const char *name = conn->cb_name != NULL ? conn->cb_name : "verify";
   conn->failed = 1;
+  conn->fatal = "callback";
   ERR_clear_error();
   lua_pushnil(L);
   push_error_text(L, conn->cb_err_index);
@@ -202,6 +203,7 @@ static int push_ssl_failure(lua_State *L, sx_conn *conn) {
   if (!is_verify_failure(e) && is_verify_failure(ERR_peek_last_error())) e = ERR_peek_last_error();
   conn->failed = 1;
   if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+    conn->fatal = "eof";
     ERR_clear_error();
     lua_pushnil(L);
     lua_pushliteral(L, "eof: the peer closed the connection without close_notify");
@@ -211,6 +213,7 @@ static int push_ssl_failure(lua_State *L, sx_conn *conn) {
   if (is_verify_failure(e)) {
     long vr = SSL_get_verify_result(conn->ssl);
     luaL_Buffer b;
+    conn->fatal = "verify";
     lua_pushnil(L);
     luaL_buffinit(L, &b);
     sx_add_errors(&b);
@@ -222,6 +225,7 @@ static int push_ssl_failure(lua_State *L, sx_conn *conn) {
     lua_pushliteral(L, "verify");
     return 3;
   }
+  conn->fatal = "ssl";
   return sx_push_error(L, "ssl", "ssl");
 }
 
@@ -252,6 +256,7 @@ static int push_io_result(lua_State *L, sx_conn *conn, io_status st) {
   case SSL_ERROR_SYSCALL:
     conn->failed = 1;
     if (ERR_peek_error() == 0 && st.sys_errno == 0) {
+      conn->fatal = "eof";
       lua_pushnil(L);
       lua_pushliteral(L, "eof: the peer closed the connection without close_notify");
       lua_pushliteral(L, "eof");
@@ -265,8 +270,20 @@ static int push_io_result(lua_State *L, sx_conn *conn, io_status st) {
   case SSL_ERROR_SSL: return push_ssl_failure(L, conn);
   default:
     conn->failed = 1;
+    conn->fatal = "ssl";
     return sx_push_error(L, "ssl", "ssl");
   }
+}
+
+/* After a protocol, verification, callback or truncation failure OpenSSL's state is broken
+ * (a later read would even report a clean close): every driving call repeats the kind. */
+static int push_already_failed(lua_State *L, sx_conn *conn) {
+  const char *kind = conn->fatal != NULL ? conn->fatal : "ssl";
+  drive_end(conn);
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: the connection has already failed", kind);
+  lua_pushstring(L, kind);
+  return 3;
 }
 
 static void remember_first_peer(sx_conn *conn) {
@@ -276,13 +293,7 @@ static void remember_first_peer(sx_conn *conn) {
 static int conn_handshake(lua_State *L) {
   sx_conn *conn = drive_begin(L, "handshake");
   int r, n;
-  if (conn->failed) {   /* OpenSSL would try again from a broken state: say it failed */
-    drive_end(conn);
-    lua_pushnil(L);
-    lua_pushliteral(L, "ssl: the connection has already failed");
-    lua_pushliteral(L, "ssl");
-    return 3;
-  }
+  if (conn->failed) return push_already_failed(L, conn);   /* not again from a broken state */
   errno = 0;
   r = SSL_do_handshake(conn->ssl);
   if (r == 1 && !conn->cb_failed) {
@@ -315,6 +326,7 @@ static int conn_read(lua_State *L) {
   luaL_Buffer b;
   int errslot;
   luaL_argcheck(L, want >= 0, 2, "byte count must not be negative");
+  if (conn->fatal != NULL) return push_already_failed(L, conn);
   limit = want > 0 ? (size_t)want : (size_t)-1;
   /* A callback that fails inside SSL_read (post-handshake auth, a session ticket) leaves its
    * message on top of the stack, where the luaL_Buffer must be: it moves to this slot. */
@@ -380,6 +392,7 @@ static int conn_write(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   int r, n;
+  if (conn->fatal != NULL) return push_already_failed(L, conn);
   if (len == 0) {
     drive_end(conn);
     lua_pushinteger(L, 0);
@@ -415,6 +428,7 @@ static int conn_shutdown(lua_State *L) {
   sx_conn *conn = drive_begin(L, "shutdown");
   int r, n;
   io_status st;
+  if (conn->fatal != NULL) return push_already_failed(L, conn);
   errno = 0;
   r = SSL_shutdown(conn->ssl);
   if (r == 1 || (r == 0 && !conn->cb_failed)) {

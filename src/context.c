@@ -1,5 +1,7 @@
 /* context.c: the SSL_CTX object (LispWorks make-ssl-ctx and its setters). */
+#include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <openssl/pem.h>
 #include "private.h"
 
@@ -290,7 +292,36 @@ static int ctx_add_crl(lua_State *L) {
   return add_crl_from(L, c, 2, w);
 }
 
+/* OpenSSL only records a hashed directory and looks into it while verifying, so a missing
+ * one would pass silently here and fail every verification later: check each entry of the
+ * ':'-separated list now.  Nil, message, "file" or 0. */
+static int check_trust_dirs(lua_State *L, const char *dirs) {
+  const char *p = dirs;
+  while (*p != '\0') {
+    const char *end = strchr(p, ':');
+    size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+    if (n > 0) {
+      struct stat st;
+      const char *one, *why;
+      lua_pushlstring(L, p, n);   /* returns void on 5.1 */
+      one = lua_tostring(L, -1);
+      why = stat(one, &st) != 0 ? strerror(errno) : !S_ISDIR(st.st_mode) ? "not a directory" : NULL;
+      if (why != NULL) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "trust directory '%s': %s", one, why);
+        lua_pushliteral(L, "file");
+        return 3;
+      }
+      lua_pop(L, 1);
+    }
+    p += n;
+    if (*p == ':') p++;
+  }
+  return 0;
+}
+
 static int load_locations(lua_State *L, sx_ctx *c, const char *file, const char *dir) {
+  if (dir != NULL && check_trust_dirs(L, dir) == 3) return 3;
   unshare_store(c);
   ERR_clear_error();
   if (!SSL_CTX_load_verify_locations(c->ctx, file, dir)) {
@@ -1145,6 +1176,20 @@ static sx_ctx *ctx_create(lua_State *L, int side) {
 }
 
 /* Applies the options that raise on bad values (nothing can fail at run time here). */
+/* A 'both' context's verify table has the keys client and server and nothing else: a
+ * keyword list or a misspelt key would otherwise leave both modes at their defaults. */
+static void check_both_modes(lua_State *L, int t, sx_where w) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    lua_pop(L, 1);
+    if (k == NULL || (strcmp(k, "client") != 0 && strcmp(k, "server") != 0))
+      sx_where_error(L, w, lua_pushfstring(L, "a 'both' context takes {client = mode, server = "
+                                              "mode}, not the key '%s'",
+                                           k != NULL ? k : luaL_typename(L, -1)));
+  }
+}
+
 static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
   int side = c->side;
   if (side == SX_BOTH) {
@@ -1152,6 +1197,7 @@ static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
       sx_where w = {1, "verify"};
       int t = lua_gettop(L);
       if (!lua_istable(L, t)) sx_where_error(L, w, "a 'both' context takes {client = mode, server = mode}");
+      check_both_modes(L, t, w);
       lua_getfield(L, t, "client");
       lua_getfield(L, t, "server");
       if (!lua_isnil(L, -2)) c->policy[SX_CLIENT].mode = sx_parse_mode(L, -2, SX_CLIENT, w);

@@ -91,6 +91,7 @@ typedef struct sx_conn {
   int cb_err_index;             /* stack slot of that message during the driving call */
   const char *cb_name;          /* which callback failed: "verify", "servername", ... */
   int failed;                   /* fatal error seen: no close_notify on close */
+  const char *fatal;            /* the kind of the failure that ended it (NULL: none) */
   int retry_verify;             /* RETRY was asked for in this handshake */
   int verify_pending_reject;    /* client "never": a callback failed, abort the handshake */
   int pha_requested;            /* verify_client_post_handshake was called */
