@@ -1175,7 +1175,6 @@ static sx_ctx *ctx_create(lua_State *L, int side) {
   return c;
 }
 
-/* Applies the options that raise on bad values (nothing can fail at run time here). */
 /* A 'both' context's verify table has the keys client and server and nothing else: a
  * keyword list or a misspelt key would otherwise leave both modes at their defaults. */
 static void check_both_modes(lua_State *L, int t, sx_where w) {
@@ -1190,6 +1189,7 @@ static void check_both_modes(lua_State *L, int t, sx_where w) {
   }
 }
 
+/* Applies the options that raise on bad values (nothing can fail at run time here). */
 static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
   int side = c->side;
   if (side == SX_BOTH) {

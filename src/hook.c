@@ -178,7 +178,7 @@ void sx_hook_detach(sx_conn *conn) {
 }
 
 /* A failed callback on a borrowed connection has no driving call to report to: its message
- * goes to the logger the Lua side installed (uv.logger), then the stack is restored. */
+ * goes to the logger the Lua side installed (its logger slot), then the stack is restored. */
 static int log_helper(lua_State *L) {
   sx_conn *conn = (sx_conn *)lua_touserdata(L, 1);
   int msg;

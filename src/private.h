@@ -73,7 +73,14 @@ typedef struct sx_ctx {
 enum { SX_T_MEMORY = 0, SX_T_FD, SX_T_SOCKET, SX_T_BORROWED };
 
 /* A connection's Lua slots (sx_getslot / sx_setslot). */
-enum { SX_SLOT_CTX = 1, SX_SLOT_CTX0, SX_SLOT_CB, SX_SLOT_SOCKET, SX_SLOT_LOGGER, SX_SLOT_N = SX_SLOT_LOGGER };
+enum {
+  SX_SLOT_CTX = 1,   /* the context now (an SNI switch changes it) */
+  SX_SLOT_CTX0,      /* the context it was made from, kept alive across a switch */
+  SX_SLOT_CB,        /* the verify callback as given */
+  SX_SLOT_SOCKET,    /* the LuaSocket object of the socket transport */
+  SX_SLOT_LOGGER,    /* where a borrowed connection's callback errors go */
+  SX_SLOT_N = SX_SLOT_LOGGER
+};
 
 typedef struct sx_conn {
   SSL *ssl;                     /* NULL once closed */
