@@ -55,6 +55,14 @@ describe("socket transport", function()
     local x, y = tcp_pair()
     assert.has_error(function() cc:write("secret") end,
       "write: the LuaSocket object was closed under the connection")
+    -- and it stays finished: later calls neither raise again nor reach the descriptor
+    for _, call in ipairs({ function() return cc:write("secret") end,
+                            function() return cc:read() end }) do
+      local v, msg, kind = call()
+      assert.is_nil(v)
+      assert.equal("syscall", kind)
+      assert.equal("syscall: the connection has already failed", msg)
+    end
     y:settimeout(0.3)
     assert.is_nil((y:receive(1)))
     x:close(); y:close(); sc:close(); cc:close()

@@ -188,21 +188,7 @@ void sx_outbox_consume(BIO *b, size_t n) {
   }
 }
 
-static int outbox_read(BIO *b, char *out, int outl) {
-  size_t have;
-  const char *p = sx_outbox_peek(b, &have);
-  BIO_clear_retry_flags(b);
-  if (out == NULL || outl <= 0) return 0;
-  if (have == 0) {   /* empty is "not yet", like a memory BIO with eof_return -1 */
-    BIO_set_retry_read(b);
-    return -1;
-  }
-  if (have > (size_t)outl) have = (size_t)outl;
-  memcpy(out, p, have);
-  sx_outbox_consume(b, have);
-  return (int)have;
-}
-
+/* Write-only: SSL never reads its wbio, and drain() uses peek/consume. */
 static long outbox_ctrl(BIO *b, int cmd, long num, void *ptr) {
   outbox *o = (outbox *)BIO_get_data(b);
   (void)num;
@@ -210,8 +196,6 @@ static long outbox_ctrl(BIO *b, int cmd, long num, void *ptr) {
   switch (cmd) {
   case BIO_CTRL_PENDING:
   case BIO_CTRL_WPENDING: return (long)(o->len - o->off);
-  case BIO_CTRL_EOF: return o->len == o->off;
-  case BIO_CTRL_RESET: sx_outbox_consume(b, o->len - o->off); return 1;
   case BIO_CTRL_FLUSH: return 1;
   default: return 0;
   }
@@ -240,7 +224,6 @@ static void outbox_method_init(void) {
   BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sslctx outbox");
   if (m == NULL) return;
   BIO_meth_set_write(m, outbox_write);
-  BIO_meth_set_read(m, outbox_read);
   BIO_meth_set_ctrl(m, outbox_ctrl);
   BIO_meth_set_create(m, outbox_create);
   BIO_meth_set_destroy(m, outbox_destroy);

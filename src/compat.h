@@ -57,8 +57,8 @@ static inline int sx_isintegral(lua_State *L, int idx) {
          n == (lua_Number)(lua_Integer)n;
 }
 
-/* Each object has exactly one Lua uservalue: a table holding the Lua values it keeps alive
- * (parent, callbacks, socket).  5.1 keeps it in the userdata's environment. */
+/* Objects other than connections have one Lua uservalue: a table holding the Lua values they
+ * keep alive (parent, callbacks).  5.1 keeps it in the userdata's environment. */
 #if LUA_VERSION_NUM == 501
 #define sx_newuserdata(L, sz) lua_newuserdata((L), (sz))
 #define sx_getuv(L, idx) lua_getfenv((L), (idx))

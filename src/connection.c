@@ -30,13 +30,11 @@ sx_conn *sx_conn_check(lua_State *L, int arg) {
  * This also runs from __gc, possibly in the middle of another connection's error report, so
  * it leaves the error queue as it found it. */
 static void send_close_notify(sx_conn *conn) {
-  if (!conn->failed && SSL_is_init_finished(conn->ssl) &&
+  if (conn->fatal == NULL && SSL_is_init_finished(conn->ssl) &&
       !(SSL_get_shutdown(conn->ssl) & SSL_SENT_SHUTDOWN)) {
-    int queued = ERR_peek_error() != 0;
-    if (queued) ERR_set_mark();
+    ERR_set_mark();   /* on an empty queue no mark: the pop then clears what shutdown left */
     SSL_shutdown(conn->ssl);
-    if (queued) ERR_pop_to_mark();
-    else ERR_clear_error();
+    ERR_pop_to_mark();
   }
 }
 
@@ -87,7 +85,7 @@ static int socket_current_fd(lua_State *L, int obj, int protected_call) {
 static int socket_gone(lua_State *L, sx_conn *conn, int obj, int protected_call) {
   if (conn->transport != SX_T_SOCKET || conn->fd < 0) return 0;
   if (socket_current_fd(L, obj, protected_call) == conn->fd) return 0;
-  conn->failed = 1;
+  conn->fatal = "syscall";
   conn->fd = -1;
   return 1;
 }
@@ -123,8 +121,19 @@ static int conn_tostring(lua_State *L) {
 
 /* ---- driving calls ------------------------------------------------------ */
 
+/* A failed connection is finished: OpenSSL's state is broken (a later read would even report
+ * a clean close) and SSL_get_error(3) forbids further I/O.  Every driving call repeats the
+ * first failure's kind. */
+static int push_already_failed(lua_State *L, sx_conn *conn) {
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: the connection has already failed", conn->fatal);
+  lua_pushstring(L, conn->fatal);
+  return 3;
+}
+
 /* Every call that can run OpenSSL's handshake records the thread that drives it, so that
- * callbacks run there, and refuses to run from inside the connection's own callback. */
+ * callbacks run there, and refuses to run from inside the connection's own callback.  NULL,
+ * with the three results pushed, when the connection has already failed. */
 static sx_conn *drive_begin(lua_State *L, const char *what) {
   sx_conn *conn = sx_conn_check(L, 1);
   if (conn->borrowed)
@@ -134,6 +143,10 @@ static sx_conn *drive_begin(lua_State *L, const char *what) {
   luaL_checkstack(L, 16, "sslctx: no stack space for callbacks");
   if (socket_gone(L, conn, 1, 0))
     luaL_error(L, "%s: the LuaSocket object was closed under the connection", what);
+  if (conn->fatal != NULL) {
+    push_already_failed(L, conn);
+    return NULL;
+  }
   conn->L = L;
   conn->cb_failed = 0;
   conn->cb_err_index = 0;
@@ -178,7 +191,6 @@ static void push_error_text(lua_State *L, int idx) {
 /* The failure of a Lua callback: nil, "<name> callback: <error>", "callback". */
 static int push_callback_error(lua_State *L, sx_conn *conn) {
   const char *name = conn->cb_name != NULL ? conn->cb_name : "verify";
-  conn->failed = 1;
   conn->fatal = "callback";
   ERR_clear_error();
   lua_pushnil(L);
@@ -201,7 +213,6 @@ static int push_ssl_failure(lua_State *L, sx_conn *conn) {
   /* "certificate verify failed" may follow another entry (a certificate whose extensions do
    * not parse queues "invalid certificate" first): it decides the kind wherever it is. */
   if (!is_verify_failure(e) && is_verify_failure(ERR_peek_last_error())) e = ERR_peek_last_error();
-  conn->failed = 1;
   if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
     conn->fatal = "eof";
     ERR_clear_error();
@@ -254,7 +265,6 @@ static int push_io_result(lua_State *L, sx_conn *conn, io_status st) {
   case SSL_ERROR_WANT_RETRY_VERIFY: return push_kind(L, "want_retry_verify");
   case SSL_ERROR_ZERO_RETURN: return push_kind(L, "closed");
   case SSL_ERROR_SYSCALL:
-    conn->failed = 1;
     if (ERR_peek_error() == 0 && st.sys_errno == 0) {
       conn->fatal = "eof";
       lua_pushnil(L);
@@ -263,27 +273,16 @@ static int push_io_result(lua_State *L, sx_conn *conn, io_status st) {
       return 3;
     }
     if (ERR_peek_error() != 0) return push_ssl_failure(L, conn);
+    conn->fatal = "syscall";
     lua_pushnil(L);
     lua_pushstring(L, strerror(st.sys_errno));
     lua_pushliteral(L, "syscall");
     return 3;
   case SSL_ERROR_SSL: return push_ssl_failure(L, conn);
   default:
-    conn->failed = 1;
     conn->fatal = "ssl";
     return sx_push_error(L, "ssl", "ssl");
   }
-}
-
-/* After a protocol, verification, callback or truncation failure OpenSSL's state is broken
- * (a later read would even report a clean close): every driving call repeats the kind. */
-static int push_already_failed(lua_State *L, sx_conn *conn) {
-  const char *kind = conn->fatal != NULL ? conn->fatal : "ssl";
-  drive_end(conn);
-  lua_pushnil(L);
-  lua_pushfstring(L, "%s: the connection has already failed", kind);
-  lua_pushstring(L, kind);
-  return 3;
 }
 
 static void remember_first_peer(sx_conn *conn) {
@@ -293,7 +292,7 @@ static void remember_first_peer(sx_conn *conn) {
 static int conn_handshake(lua_State *L) {
   sx_conn *conn = drive_begin(L, "handshake");
   int r, n;
-  if (conn->failed) return push_already_failed(L, conn);   /* not again from a broken state */
+  if (conn == NULL) return 3;
   errno = 0;
   r = SSL_do_handshake(conn->ssl);
   if (r == 1 && !conn->cb_failed) {
@@ -318,15 +317,15 @@ static int conn_handshake(lua_State *L) {
 #endif
 
 static int conn_read(lua_State *L) {
-  sx_conn *conn = drive_begin(L, "read");
   lua_Integer want = luaL_optinteger(L, 2, 0);
+  sx_conn *conn;
   size_t got = 0, limit;
   int r = 0, n;
   io_status st = {0, 0};
   luaL_Buffer b;
   int errslot;
   luaL_argcheck(L, want >= 0, 2, "byte count must not be negative");
-  if (conn->fatal != NULL) return push_already_failed(L, conn);
+  if ((conn = drive_begin(L, "read")) == NULL) return 3;
   limit = want > 0 ? (size_t)want : (size_t)-1;
   /* A callback that fails inside SSL_read (post-handshake auth, a session ticket) leaves its
    * message on top of the stack, where the luaL_Buffer must be: it moves to this slot. */
@@ -388,11 +387,11 @@ static int conn_read(lua_State *L) {
 }
 
 static int conn_write(lua_State *L) {
-  sx_conn *conn = drive_begin(L, "write");
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
+  sx_conn *conn = drive_begin(L, "write");
   int r, n;
-  if (conn->fatal != NULL) return push_already_failed(L, conn);
+  if (conn == NULL) return 3;
   if (len == 0) {
     drive_end(conn);
     lua_pushinteger(L, 0);
@@ -428,7 +427,7 @@ static int conn_shutdown(lua_State *L) {
   sx_conn *conn = drive_begin(L, "shutdown");
   int r, n;
   io_status st;
-  if (conn->fatal != NULL) return push_already_failed(L, conn);
+  if (conn == NULL) return 3;
   errno = 0;
   r = SSL_shutdown(conn->ssl);
   if (r == 1 || (r == 0 && !conn->cb_failed)) {
@@ -719,6 +718,7 @@ static int push_ssl_refusal(lua_State *L, const char *msg) {
 
 static int conn_renegotiate(lua_State *L) {
   sx_conn *conn = drive_begin(L, "renegotiate");
+  if (conn == NULL) return 3;
   drive_end(conn);
   if (SSL_version(conn->ssl) != TLS1_2_VERSION)
     return push_ssl_refusal(L, "renegotiation needs TLS 1.2");

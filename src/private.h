@@ -97,8 +97,8 @@ typedef struct sx_conn {
   int cb_failed;                /* a Lua callback failed; its message is on the stack */
   int cb_err_index;             /* stack slot of that message during the driving call */
   const char *cb_name;          /* which callback failed: "verify", "servername", ... */
-  int failed;                   /* fatal error seen: no close_notify on close */
-  const char *fatal;            /* the kind of the failure that ended it (NULL: none) */
+  const char *fatal;            /* the kind of the failure that ended it (NULL: none): no
+                                   close_notify, driving calls repeat it */
   int retry_verify;             /* RETRY was asked for in this handshake */
   int verify_pending_reject;    /* client "never": a callback failed, abort the handshake */
   int pha_requested;            /* verify_client_post_handshake was called */
@@ -192,7 +192,7 @@ void sx_set_verify_params(lua_State *L, X509_VERIFY_PARAM *param, int idx, sx_wh
  * OpenSSL error queue isolated.  Returns 1, or 0 when it failed: the first failure's message
  * stays on the stack for the driving call to report as "<name> callback: <message>". */
 int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void *data);
-/* Pushes conn's Lua object and its uservalue table (2 values); inside a protected helper. */
+/* Pushes conn's Lua object (its values: sx_getslot); inside a protected helper. */
 void sx_conn_push(lua_State *L, sx_conn *conn);
 
 /* ---- context.c / connection.c / session.c ------------------------------ */

@@ -284,13 +284,11 @@ int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void 
   lua_State *L = conn->L;
   sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(conn->ssl), sx_ctx_ex_index);
   int rc;
-  int queued = ERR_peek_error() != 0;
   conn->in_callback++;
   if (c != NULL) c->in_callback++;   /* its trust store is in use: see ctx trust setters */
-  if (queued) ERR_set_mark();   /* whatever the Lua code does to the error queue stays its own */
+  ERR_set_mark();   /* whatever the Lua code does to the error queue stays its own */
   rc = sx_cpcall(L, helper, data);
-  if (queued) ERR_pop_to_mark();
-  else if (ERR_peek_error() != 0) ERR_clear_error();
+  ERR_pop_to_mark();
   if (c != NULL) c->in_callback--;
   conn->in_callback--;
   if (rc == LUA_OK) return 1;
