@@ -3,7 +3,7 @@
 -- Per workload: the module's and the reference's medians with min–max over the repetitions,
 -- and the ratio module/reference taken per repetition (the two runs of one repetition are
 -- neighbours in time), its median and min–max.  "CPU ratio" is the same ratio on process CPU
--- time instead of wall time (for the socket workloads: the client process only), less
+-- time instead of wall time (for the socket workloads: client plus server), less
 -- sensitive to other load on the machine.  Callgrind: instructions per handshake.
 
 local path = assert(arg[1], "usage: report.lua RESULTS_FILE")

@@ -180,12 +180,7 @@ local function run_mem_bulk()
   s:close()
 end
 
-local function rss()
-  local f = assert(io.open("/proc/self/statm"))
-  local _, resident = f:read("*n", "*n")
-  f:close()
-  return resident * 4096   -- Linux x86_64 page size (ref.c asks sysconf)
-end
+local rss = assert(assert(loadfile("bench/soak.lua"))("--library").rss)   -- /proc/self/statm
 
 local function run_mem_idle()
   local sctx, cctx = server_ctx(), client_ctx()
@@ -211,7 +206,7 @@ local function run_mem_idle()
   collectgarbage("collect")
   collectgarbage("collect")
   local after, heap_after = rss(), collectgarbage("count")
-  result("module", n, gettime() - t0, clock() - c0, (after - before) / n, "B/conn",
+  result("module", n, gettime() - t0, clock() - c0, (after - before) / n, "B/pair",
     ("rss_before=%d rss_after=%d lua_heap_per_conn=%.0f"):format(before, after,
       (heap_after - heap_before) * 1024 / n))
   for i = 1, 2 * n do conns[i]:close() end
@@ -451,6 +446,9 @@ local function run_reconnect(luasec)
     for _ = done + 1, n do local t = tcp_connect(port); t:close() end
   end
   local scpu = finish(p) or 0
+  -- the target is "with session reuse": every module connection must resume, LuaSec's none
+  local want = luasec and 0 or done
+  if reused ~= want then error(("%d of %d connections resumed, %d expected"):format(reused, done, want)) end
   result(luasec and "luasec" or "module", done, wall, cpu + scpu, done / wall, "conn/s",
     ("reused=%d client_cpu=%.6f server_cpu=%.6f"):format(reused, cpu, scpu))
 end
