@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/bench.sh — sslctx against a C reference doing the same OpenSSL work (issue 8).
 #
-#   bench/bench.sh                 full run (~6-8 minutes on 2 cores)
+#   bench/bench.sh                 full run (about 5 minutes on 2 quiet cores)
 #   BENCH_QUICK=1 bench/bench.sh   smoke run (~1 minute; its callgrind spans 5 handshakes: imprecise)
 #
 # Builds the module (make LUA=$BENCH_LUA) and the C reference (bench/ref.c), makes the
