@@ -1181,8 +1181,9 @@ static void check_both_modes(lua_State *L, int t, sx_where w) {
   lua_pushnil(L);
   while (lua_next(L, t)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    int i = k != NULL ? sx_keyword_index(k, side_names) : -1;
     lua_pop(L, 1);
-    if (k == NULL || (strcmp(k, "client") != 0 && strcmp(k, "server") != 0))
+    if (i != SX_CLIENT && i != SX_SERVER)
       sx_where_error(L, w, lua_pushfstring(L, "a 'both' context takes {client = mode, server = "
                                               "mode}, not the key '%s'",
                                            k != NULL ? k : luaL_typename(L, -1)));
