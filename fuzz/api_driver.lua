@@ -235,20 +235,32 @@ call_random = function()
   else pump() end
 end
 
+-- The starting pool is made from valid arguments: a module that cannot make it is broken (a
+-- finding, reported as an INVARIANT), not an input that happened to go nowhere.
+local function setup(what, f, ...)
+  local ok, v, msg, kind = pcall(f, ...)
+  if not ok then broke("INVARIANT: setup: " .. what .. " raised: " .. tostring(v)) end
+  if v == nil then
+    broke("INVARIANT: setup: " .. what .. " failed: " .. tostring(msg) .. " (" .. tostring(kind) .. ")")
+  end
+  return v
+end
+
 function RUN(input)
   data, pos, depth, calls, broken = input, 1, 0, 0, nil
   pool, closed_pool = {}, {}
   -- a starting pool: both kinds of context, connections over memory, certificate objects
-  local sctx = sslctx.new({ side = "server", certificate = CERT_PEM, key = KEY_PEM, ca = CERT_PEM })
-  local cctx = sslctx.new({ side = "client", ca = CERT_PEM })
+  local sctx = setup("sslctx.new server", sslctx.new,
+                     { side = "server", certificate = CERT_PEM, key = KEY_PEM, ca = CERT_PEM })
+  local cctx = setup("sslctx.new client", sslctx.new, { side = "client", ca = CERT_PEM })
   add(sctx)
   add(cctx)
-  add(sslctx.new({ side = "both", ca = CERT_PEM }))
-  add(sctx:new_connection())
-  add(cctx:new_connection({ hostname = "localhost" }))
-  add(sslctx.x509(CERT_PEM))
-  add(sslctx.pkey(KEY_PEM))
-  add(sslctx.crl(CRL_PEM))
+  add(setup("sslctx.new both", sslctx.new, { side = "both", ca = CERT_PEM }))
+  add(setup("server new_connection", sctx.new_connection, sctx))
+  add(setup("client new_connection", cctx.new_connection, cctx, { hostname = "localhost" }))
+  add(setup("sslctx.x509", sslctx.x509, CERT_PEM))
+  add(setup("sslctx.pkey", sslctx.pkey, KEY_PEM))
+  add(setup("sslctx.crl", sslctx.crl, CRL_PEM))
   local ops = 0
   while pos <= #data and ops < 64 do
     ops = ops + 1

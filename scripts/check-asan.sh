@@ -138,7 +138,9 @@ fi
 set -- $summary
 echo "check-asan: ${1:-?} successes / ${2:-?} failures / ${3:-?} errors / ${4:-?} pending;" \
      "$reports sanitizer reports; $(hl_elapsed "$start")s"
-if [ "$reports" -gt 0 ] || [ -z "$summary" ] || [ "${2:-1}" -ne 0 ] || [ "${3:-1}" -ne 0 ]; then
+# 0 successes (every spec pending, or none selected) proves nothing: a failure too.
+if [ "$reports" -gt 0 ] || [ -z "$summary" ] || [ "${1:-0}" -eq 0 ] || [ "${2:-1}" -ne 0 ] ||
+   [ "${3:-1}" -ne 0 ]; then
   echo "check-asan: FAIL (log: $log)"
   exit 1
 fi

@@ -1,7 +1,6 @@
 # scripts/hardening-lib.sh: what the hardening scripts share (sourced, never run).
 #   hl_root            cd to the repository root
 #   hl_srcs            the module's C sources: $SRCS if set, else the Makefile's SRCS
-#   hl_hdrs            the headers ($HDRS or the Makefile's HDRS)
 #   hl_busted_summary  LOG -> "S F E P" from busted's summary line (empty if none)
 #   hl_now             seconds since the epoch (with decimals)
 #   hl_elapsed START   seconds since START, one decimal
@@ -17,10 +16,6 @@ hl_make_var() {
 
 hl_srcs() {
   if [ -n "${SRCS:-}" ]; then echo "$SRCS"; else hl_make_var SRCS; fi
-}
-
-hl_hdrs() {
-  if [ -n "${HDRS:-}" ]; then echo "$HDRS"; else hl_make_var HDRS; fi
 }
 
 # busted's utfTerminal/plain summary: "N successes / N failures / N errors / N pending".

@@ -505,7 +505,9 @@ describe("data", function()
       if not r then break end
       got[#got + 1] = r
     end
-    assert.is_true(table.concat(got) == table.concat(sent))
+    local got_s, sent_s = table.concat(got), table.concat(sent)
+    assert.equal(#sent_s, #got_s)   -- a short read shows as two numbers, not a huge diff
+    assert.equal(sent_s, got_s)
     -- after the buffer was given back, traffic goes on both ways
     assert.equal(5, c:write("again"))
     helper.transfer(c, s)

@@ -17,6 +17,8 @@
 --   helper.exchange(from, to, data) -> what `to` read (pushes data through)
 --   helper.NONE                 in an opts table: "drop this default"
 --   helper.raises(fn, ...)      -> the error message (string) or fails the test
+--   helper.file_exists(path), helper.read_file(path) (nil if unreadable),
+--   helper.write_file(path, data)
 
 local helper = {}
 
@@ -78,6 +80,22 @@ local function file_exists(path)
   return false
 end
 helper.file_exists = file_exists
+
+-- Contents of a file, or nil when it cannot be opened (the support modules share these).
+function helper.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Writes `data` to a file (replacing it); raises when it cannot be opened.
+function helper.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
 
 local function generate_pki()
   local reg = debug.getregistry()

@@ -145,19 +145,7 @@ function M.render(text, vars)
   end))
 end
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local write_file, read_file = helper.write_file, helper.read_file
 M.read_file = read_file
 
 local function pid_alive(pid)

@@ -40,20 +40,8 @@ local tmpdirs = {}
 
 local function sleep(s) socket.sleep(s) end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file, write_file = helper.read_file, helper.write_file
 peers.read_file = read_file
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
 peers.write_file = write_file
 
 function peers.have(bin)
