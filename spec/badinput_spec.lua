@@ -933,7 +933,6 @@ describe("bad input regressions #badinput", function()
   -- severity), but every other finalizer checks its argument (luaL_checkudata).  In a child
   -- interpreter: a crash must fail this spec, not end the run.
   it("the internal holder's finalizer refuses foreign values (reachable through debug)", function()
-    local interp = (jit and "luajit") or ("lua" .. _VERSION:match("%d+%.%d+"))
     local script = [[
       local sslctx = require "sslctx"
       local gc = debug.getregistry()["sslctx.holder"].__gc
@@ -942,13 +941,8 @@ describe("bad input regressions #badinput", function()
       assert(not pcall(gc, io.stdout), "holder __gc accepted io.stdout")
       print("CHILD-DONE")
     ]]
-    local f = os.tmpname()
-    local h = assert(io.open(f, "w"))
-    h:write(script)
-    h:close()
-    local out = helper.run("timeout 20 " .. interp .. " " .. helper.sh_quote(f) .. "; echo \"::rc=$?\"")
-    os.remove(f)
-    assert.is_truthy(out:find("CHILD-DONE", 1, true) and out:find("::rc=0", 1, true),
+    local out, rc = helper.run_child(script)
+    assert.is_truthy(out:find("CHILD-DONE", 1, true) and rc == 0,
                      "the child crashed (rc 139 = SIGSEGV) or a call did not raise:\n" .. out)
   end)
 
@@ -960,7 +954,6 @@ describe("bad input regressions #badinput", function()
   -- Run in a child interpreter with a deadline, so that a hang fails this spec instead of
   -- the run.  The contract for a connection's own callback (API.md §1) is to raise.
   it("set_trust from inside the connection's own verify callback neither hangs nor crashes", function()
-    local interp = (jit and "luajit") or ("lua" .. _VERSION:match("%d+%.%d+"))
     local script = [[
       local helper = require "helper"
       local sslctx = require "sslctx"
@@ -982,13 +975,8 @@ describe("bad input regressions #badinput", function()
       helper.pump(c, s)
       print("CHILD-DONE")
     ]]
-    local f = os.tmpname()
-    local h = assert(io.open(f, "w"))
-    h:write(script)
-    h:close()
-    local out = helper.run("timeout 20 " .. interp .. " " .. helper.sh_quote(f) .. "; echo \"::rc=$?\"")
-    os.remove(f)
-    assert.is_truthy(out:find("CHILD-DONE", 1, true) and out:find("::rc=0", 1, true),
+    local out, rc = helper.run_child(script)
+    assert.is_truthy(out:find("CHILD-DONE", 1, true) and rc == 0,
                      "the child hung or crashed (rc 124 = killed after 20 s):\n" .. out)
     -- the callback ran, and set_trust from inside it raised (API.md §1)
     assert.is_truthy(out:find("SET_TRUST-RAISED", 1, true),

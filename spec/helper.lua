@@ -19,6 +19,8 @@
 --   helper.raises(fn, ...)      -> the error message (string) or fails the test
 --   helper.file_exists(path), helper.read_file(path) (nil if unreadable),
 --   helper.write_file(path, data)
+--   helper.run_child(script, seconds, wrapper) -> output, exit status of a child interpreter
+--   helper.with_busy_gc(fn)     runs fn with a collector that never rests
 
 local helper = {}
 
@@ -54,6 +56,20 @@ function helper.run(cmd)
   local out = p:read("*a")
   p:close()
   return out
+end
+
+-- Runs `script` (Lua source) in a child of the running interpreter (same version; the
+-- package paths come from the environment), under `wrapper` (a command prefix such as
+-- valgrind's) if given, killed after `seconds` (default 20).  Returns what it printed and
+-- its exit status, for specs whose failure would be a crash or a hang of their own process.
+function helper.run_child(script, seconds, wrapper)
+  local interp = (jit and "luajit") or ("lua" .. _VERSION:match("%d+%.%d+"))
+  local f = os.tmpname()
+  helper.write_file(f, script)
+  local out = helper.run("timeout " .. (seconds or 20) .. " " .. (wrapper or "") .. " " .. interp
+                         .. " " .. helper.sh_quote(f) .. "; echo \"::rc=$?\"")
+  os.remove(f)
+  return out, tonumber(out:match("::rc=(%d+)%s*$"))
 end
 
 -- Runs `openssl <args>` (args: a string already quoted, or a list of words to quote).
@@ -344,6 +360,30 @@ end
 -- Reads on `conn` until a non-want result or nothing more arrives; returns that result.
 function helper.read_result(conn)
   return conn:read()
+end
+
+-- Runs fn with a collector that never rests (each allocation does collection work), then
+-- puts the collector back, also when fn raises (re-raised).  Lua 5.4 may be in generational
+-- mode, where the pause and step multiplier do nothing: it is switched to incremental.
+function helper.with_busy_gc(fn)
+  local restore
+  if _VERSION == "Lua 5.4" then
+    local mode = collectgarbage("incremental", 1, 1000)
+    restore = function()
+      collectgarbage("incremental", 200, 100)   -- Lua's defaults
+      collectgarbage(mode)
+    end
+  else
+    local pause = collectgarbage("setpause", 1)
+    local stepmul = collectgarbage("setstepmul", 1000)
+    restore = function()
+      collectgarbage("setpause", pause)
+      collectgarbage("setstepmul", stepmul)
+    end
+  end
+  local ok, err = pcall(fn)
+  restore()
+  if not ok then error(err, 0) end
 end
 
 -- Calls fn(...) expecting it to raise; returns the error message as a string.

@@ -304,9 +304,13 @@ int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void 
 
 /* ---- the store object --------------------------------------------------- */
 
+/* Valid only during its verify callback.  The object is unreachable from the moment the
+ * callback returns (or raises), so the GC may take it before run_callback expires it: __gc
+ * tells the call record that it is gone, and run_callback never writes into freed memory. */
 typedef struct sx_store {
-  X509_STORE_CTX *store;   /* NULL once its callback returned */
+  X509_STORE_CTX *store;     /* NULL once its callback returned */
   sx_conn *conn;
+  struct verify_call *call;  /* the running call, which expires it; NULL afterwards */
 } sx_store;
 
 static sx_store *store_check(lua_State *L) {
@@ -383,6 +387,14 @@ typedef struct verify_call {
   sx_store *ud;          /* the store object handed to Lua, expired afterwards */
 } verify_call;
 
+static int store_gc(lua_State *L) {
+  sx_store *s = (sx_store *)luaL_checkudata(L, 1, SX_STORE_MT);
+  if (s->call != NULL) s->call->ud = NULL;
+  s->call = NULL;
+  s->store = NULL;   /* expired, should a finalizer elsewhere bring it back */
+  return 0;
+}
+
 static int verify_helper(lua_State *L) {
   verify_call *vc = (verify_call *)lua_touserdata(L, 1);
   sx_conn_push(L, vc->conn);
@@ -392,6 +404,7 @@ static int verify_helper(lua_State *L) {
     vc->ud = (sx_store *)lua_newuserdata(L, sizeof(sx_store));
     vc->ud->store = vc->store;
     vc->ud->conn = vc->conn;
+    vc->ud->call = vc;
     luaL_setmetatable(L, SX_STORE_MT);
     lua_call(L, 2, 1);
   } else {
@@ -445,7 +458,7 @@ static int run_callback(sx_conn *conn, SSL *ssl, int ok, X509_STORE_CTX *store) 
   vc.verdict = VERDICT_KEEP;
   vc.ud = NULL;
   done = sx_callback_run(conn, "verify", verify_helper, &vc);
-  if (vc.ud != NULL) vc.ud->store = NULL;
+  if (vc.ud != NULL) vc.ud->store = NULL, vc.ud->call = NULL;   /* NULL: already collected */
   if (conn->borrowed) sx_hook_report(conn, base);
   if (!done) return fail_closed(ssl, store);
   switch (vc.verdict) {
@@ -632,6 +645,7 @@ void sx_verify_open(lua_State *L) {
   };
   static const luaL_Reg store_meta[] = {
     {"__tostring", store_tostring},
+    {"__gc", store_gc},
     {NULL, NULL}
   };
   sx_register_class(L, SX_STORE_MT, store_methods, store_meta);
