@@ -904,7 +904,7 @@ static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *ou
     ac.inlen = inlen;
     ac.out = NULL;
     ac.outlen = 0;
-    if (!sx_callback_run(conn, "alpn", alpn_select_helper, &ac)) return SSL_TLSEXT_ERR_ALERT_FATAL;
+    if (!sx_callback_run(conn, "ALPN select", alpn_select_helper, &ac)) return SSL_TLSEXT_ERR_ALERT_FATAL;
     if (ac.out == NULL) return SSL_TLSEXT_ERR_NOACK;
     *out = ac.out;
     *outlen = ac.outlen;
