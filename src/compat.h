@@ -2,6 +2,7 @@
 #ifndef SSLCTX_COMPAT_H
 #define SSLCTX_COMPAT_H
 
+#include <limits.h>
 #include <lua.h>
 #include <lauxlib.h>
 /* LuaJIT's luaconf.h (included by lua.h) defines LUA_LJDIR: only then is luajit.h, with
@@ -41,20 +42,25 @@ void *sx_compat_testudata(lua_State *L, int idx, const char *tname);
 #define luaL_setmetatable(L, tname) (luaL_getmetatable((L), (tname)), lua_setmetatable((L), -2))
 #endif
 
+/* A float with an integral value that lua_Integer holds (64 or, before 5.3 on 32-bit
+ * machines, 32 bits).  The range test comes first: converting an out-of-range float to an
+ * integer is undefined. */
+#define SX_INTEGER_LIMIT \
+  ((lua_Number)((lua_Integer)1 << (sizeof(lua_Integer) * CHAR_BIT - 2)) * 2)
+static inline int sx_float_is_integral(lua_Number n) {
+  return n >= -SX_INTEGER_LIMIT && n < SX_INTEGER_LIMIT && n == (lua_Number)(lua_Integer)n;
+}
+
 #if LUA_VERSION_NUM < 503
-#define lua_isinteger(L, i) sx_compat_isinteger((L), (i))
-int sx_compat_isinteger(lua_State *L, int idx);
+/* Before 5.3 every number is a float: an integer is one with an integral value. */
+#define lua_isinteger(L, i) \
+  (lua_type((L), (i)) == LUA_TNUMBER && sx_float_is_integral(lua_tonumber((L), (i))))
 #endif
 
-/* An integer, or a float with an integral value (LuaSocket's getfd gives 3.0 on 5.3+).  The
- * range test comes first: converting an out-of-range float to an integer is undefined. */
+/* An integer, or a float with an integral value (LuaSocket's getfd gives 3.0 on 5.3+). */
 static inline int sx_isintegral(lua_State *L, int idx) {
-  lua_Number n;
   if (lua_type(L, idx) != LUA_TNUMBER) return 0;
-  if (lua_isinteger(L, idx)) return 1;
-  n = lua_tonumber(L, idx);
-  return n >= -9223372036854775808.0 && n < 9223372036854775808.0 &&
-         n == (lua_Number)(lua_Integer)n;
+  return lua_isinteger(L, idx) || sx_float_is_integral(lua_tonumber(L, idx));
 }
 
 /* Objects other than connections have one Lua uservalue: a table holding the Lua values they

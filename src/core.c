@@ -36,16 +36,6 @@ void *sx_compat_testudata(lua_State *L, int idx, const char *tname) {
 }
 #endif
 
-#if LUA_VERSION_NUM < 503
-int sx_compat_isinteger(lua_State *L, int idx) {
-  lua_Number n;
-  if (lua_type(L, idx) != LUA_TNUMBER) return 0;
-  n = lua_tonumber(L, idx);
-  return n >= -9223372036854775808.0 && n < 9223372036854775808.0 &&   /* no UB cast */
-         n == (lua_Number)(lua_Integer)n;
-}
-#endif
-
 /* ---- classes and the object map ------------------------------------------ */
 
 void sx_register_class(lua_State *L, const char *name, const luaL_Reg *methods,
