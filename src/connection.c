@@ -12,7 +12,7 @@ static const char *const side_names[] = {"client", "server", NULL};
 
 static sx_conn *conn_check_any(lua_State *L, int arg) {
   void *p = lua_touserdata(L, arg);
-  if (p != NULL && lua_getmetatable(L, arg)) {   /* methods carry the metatable as upvalue 1 */
+  if (p != NULL && lua_getmetatable(L, arg)) {   /* upvalue 1: see sx_register_class */
     int same = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
     if (same) return (sx_conn *)p;
@@ -1138,13 +1138,4 @@ void sx_connection_open(lua_State *L) {
     {NULL, NULL}
   };
   sx_register_class(L, SX_CONN_MT, methods, meta);
-  /* again, with the metatable as upvalue 1 of every method (conn_check_any) */
-  luaL_getmetatable(L, SX_CONN_MT);
-  lua_getfield(L, -1, "__index");
-  lua_pushvalue(L, -2);
-  luaL_setfuncs(L, methods, 1);
-  lua_pop(L, 1);
-  lua_pushvalue(L, -1);
-  luaL_setfuncs(L, meta, 1);
-  lua_pop(L, 1);
 }
