@@ -464,6 +464,30 @@ describe("sslctx.new", function()
       assert.equal("http/1.1", s:alpn())
     end)
 
+    -- Regression: the wire form was built with the name pushed above the luaL_Buffer when
+    -- the length byte went in; when the buffer was full right then (four 256-byte entries
+    -- fill 5.4's, 32 those of 5.1-5.3) that byte grew or flushed it under the wrong stack
+    -- slot: a use after free on 5.4, a crash on 5.3, a garbled list on 5.1.  Lists of
+    -- 255-byte names across those boundaries reach the server byte for byte.
+    it("long protocol lists reach the server intact, in order", function()
+      for _, count in ipairs({ 1, 4, 5, 6, 31, 32, 33, 40 }) do
+        local offered = {}
+        for i = 1, count do offered[i] = string.char(65 + i % 26):rep(255) end
+        offered[#offered + 1] = "h2"
+        local seen
+        local sctx = helper.server_ctx()
+        sctx:set_alpn_select(function(list) seen = list; return "h2" end)
+        local cctx = helper.client_ctx({ alpn = offered })
+        local c = helper.connected(cctx, sctx)
+        assert.equal("h2", c:alpn(), count .. " names")
+        assert.same(offered, seen, count .. " names")
+        local sctx2 = helper.server_ctx()
+        sctx2:set_alpn_select(offered)
+        local c2 = helper.connected(helper.client_ctx({ alpn = { offered[count] } }), sctx2)
+        assert.equal(offered[count], c2:alpn(), count .. " names, server list")
+      end
+    end)
+
     it("raises on a bad list, naming the option", function()
       assert_raises_naming({ alpn = 42 }, "alpn")
       assert_raises_naming({ alpn = { {} } }, "alpn")

@@ -816,10 +816,14 @@ static void alpn_wire(lua_State *L, int idx, sx_where w) {
   }
   luaL_buffinit(L, &b);
   for (i = 1; i <= n; i++) {
+    /* Every luaL_add* but addvalue needs the buffer on top (a full one grows into a box at
+     * -1): the length byte goes in while nothing is pushed, then the name. */
     size_t len;
     lua_rawgeti(L, idx, i);
-    lua_tolstring(L, -1, &len);
+    len = lua_rawlen(L, -1);
+    lua_pop(L, 1);
     luaL_addchar(&b, (char)len);
+    lua_rawgeti(L, idx, i);
     luaL_addvalue(&b);
   }
   luaL_pushresult(&b);
