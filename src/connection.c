@@ -22,7 +22,7 @@ static sx_conn *conn_check_any(lua_State *L, int arg) {
 
 sx_conn *sx_conn_check(lua_State *L, int arg) {
   sx_conn *conn = conn_check_any(L, arg);
-  if (conn->ssl == NULL) luaL_argerror(L, arg, "connection is closed");
+  if (conn->ssl == NULL || conn->close_asked) luaL_argerror(L, arg, "connection is closed");
   return conn;
 }
 
@@ -90,31 +90,49 @@ static int socket_gone(lua_State *L, sx_conn *conn, int obj, int protected_call)
   return 1;
 }
 
+/* Releases the connection (object at obj) and closes its LuaSocket object if it owns one;
+ * the socket's methods run protected when asked (from __gc, or at the end of a method). */
+static void close_now(lua_State *L, sx_conn *conn, int obj, int protected_call) {
+  int was_socket = conn->ssl != NULL && conn->transport == SX_T_SOCKET && conn->close_transport;
+  conn->close_asked = 0;
+  if (conn->ssl != NULL) socket_gone(L, conn, obj, protected_call);
+  conn_release(conn);
+  if (was_socket) close_socket(L, obj, protected_call);
+}
+
+/* Any allocation may run a finalizer, and a finalizer may close this very connection (user
+ * code that closes what it wraps).  A method that uses the SSL after allocating keeps the
+ * connection busy meanwhile: close() then only asks (the object reads as closed at once),
+ * and the method closes it on its way out.  A memory error between the two leaves it busy:
+ * close() then waits for __gc. */
+static void busy_begin(sx_conn *conn) {
+  conn->busy++;
+}
+
+static void busy_end(lua_State *L, sx_conn *conn) {
+  if (--conn->busy == 0 && conn->close_asked) close_now(L, conn, 1, 1);
+}
+
 static int conn_gc(lua_State *L) {
   sx_conn *conn = conn_check_any(L, 1);
-  int was_socket = conn->ssl != NULL && conn->transport == SX_T_SOCKET && conn->close_transport;
-  if (conn->ssl != NULL) socket_gone(L, conn, 1, 1);
-  conn_release(conn);
-  if (was_socket) close_socket(L, 1, 1);
+  conn->busy = 0;   /* unreachable: none of its methods is running */
+  close_now(L, conn, 1, 1);
   return 0;
 }
 
 static int conn_close(lua_State *L) {
   sx_conn *conn = conn_check_any(L, 1);
-  int was_socket;
   if (conn->borrowed && conn->ssl != NULL)
     return luaL_error(L, "close on a borrowed connection: its owner frees it");
   if (conn->in_callback) return luaL_error(L, "close called from inside this connection's own callback");
-  was_socket = conn->ssl != NULL && conn->transport == SX_T_SOCKET && conn->close_transport;
-  if (conn->ssl != NULL) socket_gone(L, conn, 1, 0);
-  conn_release(conn);
-  if (was_socket) close_socket(L, 1, 0);
+  if (conn->busy > 0 && conn->ssl != NULL) conn->close_asked = 1;
+  else close_now(L, conn, 1, 0);
   return 0;
 }
 
 static int conn_tostring(lua_State *L) {
   sx_conn *conn = conn_check_any(L, 1);
-  if (conn->ssl == NULL) lua_pushliteral(L, "sslctx.connection (closed)");
+  if (conn->ssl == NULL || conn->close_asked) lua_pushliteral(L, "sslctx.connection (closed)");
   else lua_pushfstring(L, "sslctx.connection (%s): %p", side_names[conn->side], (void *)conn);
   return 1;
 }
@@ -152,11 +170,13 @@ static sx_conn *drive_begin(lua_State *L, const char *what) {
   conn->cb_err_index = 0;
   conn->retry_verify = 0;
   if (ERR_peek_error() != 0) ERR_clear_error();
+  busy_begin(conn);
   return conn;
 }
 
-static void drive_end(sx_conn *conn) {
+static void drive_end(lua_State *L, sx_conn *conn) {
   conn->L = NULL;
+  busy_end(L, conn);
 }
 
 static int push_kind(lua_State *L, const char *kind) {
@@ -296,13 +316,13 @@ static int conn_handshake(lua_State *L) {
   errno = 0;
   r = SSL_do_handshake(conn->ssl);
   if (r == 1 && !conn->cb_failed) {
-    drive_end(conn);
+    drive_end(L, conn);
     remember_first_peer(conn);
     lua_pushboolean(L, 1);
     return 1;
   }
   n = push_io_result(L, conn, io_classify(conn, r));
-  drive_end(conn);
+  drive_end(L, conn);
   return n;
 }
 
@@ -345,7 +365,7 @@ static int conn_read(lua_State *L) {
       st = io_classify(conn, r);
     } else if (((size_t)r == limit || SSL_pending(conn->ssl) == 0) && !conn->cb_failed) {
       lua_pushlstring(L, first, (size_t)r);
-      drive_end(conn);
+      drive_end(L, conn);
       return 1;
     }
     luaL_buffinit(L, &b);
@@ -376,13 +396,13 @@ static int conn_read(lua_State *L) {
   }
   if (got > 0 && !conn->cb_failed) {
     luaL_pushresult(&b);
-    drive_end(conn);
+    drive_end(L, conn);
     return 1;
   }
   luaL_pushresult(&b);
   lua_pop(L, 1);
   n = push_io_result(L, conn, st);
-  drive_end(conn);
+  drive_end(L, conn);
   return n;
 }
 
@@ -393,14 +413,14 @@ static int conn_write(lua_State *L) {
   int r, n;
   if (conn == NULL) return 3;
   if (len == 0) {
-    drive_end(conn);
+    drive_end(L, conn);
     lua_pushinteger(L, 0);
     return 1;
   }
   if (conn->transport == SX_T_MEMORY && conn->buffer_limit > 0) {
     size_t pending = BIO_ctrl_pending(conn->wbio);
     if (pending >= conn->buffer_limit) {
-      drive_end(conn);
+      drive_end(L, conn);
       return push_kind(L, "want_write");
     }
     if (len > conn->buffer_limit - pending) len = conn->buffer_limit - pending;
@@ -409,12 +429,12 @@ static int conn_write(lua_State *L) {
   errno = 0;
   r = SSL_write(conn->ssl, s, (int)len);
   if (r > 0 && !conn->cb_failed) {
-    drive_end(conn);
+    drive_end(L, conn);
     lua_pushinteger(L, r);
     return 1;
   }
   n = push_io_result(L, conn, io_classify(conn, r));
-  drive_end(conn);
+  drive_end(L, conn);
   return n;
 }
 
@@ -431,7 +451,7 @@ static int conn_shutdown(lua_State *L) {
   errno = 0;
   r = SSL_shutdown(conn->ssl);
   if (r == 1 || (r == 0 && !conn->cb_failed)) {
-    drive_end(conn);
+    drive_end(L, conn);
     lua_pushboolean(L, r == 1);
     if (r == 1) return 1;
     lua_pushliteral(L, "want_read");
@@ -440,13 +460,13 @@ static int conn_shutdown(lua_State *L) {
   st = io_classify(conn, r);
   if (st.err == SSL_ERROR_WANT_READ && !conn->cb_failed) {
     ERR_clear_error();
-    drive_end(conn);
+    drive_end(L, conn);
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "want_read");
     return 2;
   }
   n = push_io_result(L, conn, st);
-  drive_end(conn);
+  drive_end(L, conn);
   return n;
 }
 
@@ -493,8 +513,10 @@ static int conn_drain(lua_State *L) {
   lua_Integer max = luaL_optinteger(L, 2, (lua_Integer)pending);
   luaL_argcheck(L, max >= 0, 2, "byte count must not be negative");
   if ((size_t)max < pending) pending = (size_t)max;
+  busy_begin(conn);   /* 5.1, 5.2, LuaJIT: a collection step comes before the copy */
   lua_pushlstring(L, p, pending);
   sx_outbox_consume(conn->wbio, pending);
+  busy_end(L, conn);
   return 1;
 }
 
@@ -546,15 +568,23 @@ static int conn_peer_chain(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
+  busy_begin(conn);   /* sk belongs to the session, which close() may free */
   push_cert_list(L, sk, leaf);   /* a server's chain lacks the leaf: the contract includes it */
+  busy_end(L, conn);
   X509_free(leaf);
   return 1;
 }
 
 static int conn_verified_chain(lua_State *L) {
-  STACK_OF(X509) *sk = SSL_get0_verified_chain(sx_conn_check(L, 1)->ssl);
-  if (sk == NULL) lua_pushnil(L);
-  else push_cert_list(L, sk, NULL);
+  sx_conn *conn = sx_conn_check(L, 1);
+  STACK_OF(X509) *sk = SSL_get0_verified_chain(conn->ssl);
+  if (sk == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  busy_begin(conn);
+  push_cert_list(L, sk, NULL);
+  busy_end(L, conn);
   return 1;
 }
 
@@ -581,19 +611,28 @@ static int conn_cipher(lua_State *L) {
   return 1;
 }
 
+/* Pushes len bytes at p, which the SSL owns, with the connection busy. */
+static void push_owned(lua_State *L, sx_conn *conn, const void *p, size_t len) {
+  busy_begin(conn);
+  lua_pushlstring(L, (const char *)p, len);
+  busy_end(L, conn);
+}
+
 static int conn_alpn(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
   const unsigned char *p = NULL;
   unsigned int len = 0;
-  SSL_get0_alpn_selected(sx_conn_check(L, 1)->ssl, &p, &len);
+  SSL_get0_alpn_selected(conn->ssl, &p, &len);
   if (p == NULL || len == 0) lua_pushnil(L);
-  else lua_pushlstring(L, (const char *)p, len);
+  else push_owned(L, conn, p, len);
   return 1;
 }
 
 static int conn_servername(lua_State *L) {
-  const char *name = SSL_get_servername(sx_conn_check(L, 1)->ssl, TLSEXT_NAMETYPE_host_name);
+  sx_conn *conn = sx_conn_check(L, 1);
+  const char *name = SSL_get_servername(conn->ssl, TLSEXT_NAMETYPE_host_name);
   if (name == NULL) lua_pushnil(L);
-  else lua_pushstring(L, name);
+  else push_owned(L, conn, name, strlen(name));
   return 1;
 }
 
@@ -719,7 +758,7 @@ static int push_ssl_refusal(lua_State *L, const char *msg) {
 static int conn_renegotiate(lua_State *L) {
   sx_conn *conn = drive_begin(L, "renegotiate");
   if (conn == NULL) return 3;
-  drive_end(conn);
+  drive_end(L, conn);
   if (SSL_version(conn->ssl) != TLS1_2_VERSION)
     return push_ssl_refusal(L, "renegotiation needs TLS 1.2");
   /* Always a full handshake: a resumed one would check nothing. */

@@ -86,7 +86,8 @@ typedef struct sx_conn {
   SSL *ssl;                     /* NULL once closed */
   lua_State *L;                 /* the thread driving it, during a driving call */
   int side;                     /* SX_CLIENT / SX_SERVER */
-  int busy;                     /* inside a driving call */
+  int busy;                     /* methods using the SSL across an allocation (nesting) */
+  int close_asked;              /* close() while busy: the last of them closes it */
   int in_callback;              /* inside one of its own Lua callbacks */
   sx_policy policy;             /* copied at creation, then per-connection */
   int transport;                /* SX_T_* */
