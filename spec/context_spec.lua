@@ -97,6 +97,31 @@ describe("sslctx.new", function()
       assert.equal("verify", skind)
     end)
 
+    -- Regression (found by reading): reading the options runs Lua code (here an __index
+    -- metamethod) that may close the context; new_connection then used it as NULL.
+    it("new_connection whose options close the context raises, naming the context", function()
+      local VALUES = { side = "client", hostname = "localhost" }
+      for _, key in ipairs({ "side", "fd", "verify_hostname", "hostname" }) do
+        local ctx = helper.new_ctx({ side = "both" })
+        local opts = setmetatable({}, { __index = function(_, k)
+          if k == key then ctx:close() end
+          return VALUES[k]
+        end })
+        local msg = helper.raises(ctx.new_connection, ctx, opts)
+        assert.truthy(msg:find("bad argument #1", 1, true) and msg:find("context was closed", 1, true),
+                      key .. ": " .. msg)
+      end
+      -- the session option is read last: the connection already holds its own reference
+      local ctx = helper.new_ctx({ side = "both" })
+      local opts = setmetatable({}, { __index = function(_, k)
+        if k == "session" then ctx:close() end
+        return VALUES[k]
+      end })
+      local c = ctx:new_connection(opts)
+      assert.equal("sslctx.context (closed)", tostring(ctx))
+      c:close()
+    end)
+
     it("verify takes every §1 form", function()
       assert.equal(3, select(2, helper.new_ctx({ side = "server", verify = "require" }):get_verification_mode("server")))
       assert.equal(5, select(2, helper.new_ctx({ side = "server", verify = 5 }):get_verification_mode("server")))
@@ -222,6 +247,16 @@ describe("sslctx.new", function()
     it("a password callback returning something invalid is a callback error", function()
       new_fails(server_opts({ key = pki("server-enc.key"),
         password = function() return {} end }), "callback")
+    end)
+
+    -- Regression (found by reading): the callback is user code; a context it closed was then
+    -- handed to OpenSSL as NULL (SIGSEGV).
+    it("a password callback that closes its own context: use_private_key raises", function()
+      local sctx = helper.new_ctx({ side = "server", security_level = 1 })
+      local msg = helper.raises(sctx.use_private_key, sctx, pki("server-enc.key"),
+                                function() sctx:close(); return "secret" end)
+      assert.truthy(msg:find("context was closed while its key was loading", 1, true), msg)
+      assert.equal("sslctx.context (closed)", tostring(sctx))
     end)
 
     it("set_password_callback then use_private_key", function()

@@ -1005,7 +1005,8 @@ static void attach_transport(lua_State *L, sx_conn *conn) {
 }
 
 /* Client identity: a DNS name is SNI + name check, an IP literal an IP check without SNI. */
-static void setup_hostname(lua_State *L, sx_conn *conn, int opts, const char **hostname) {
+static void setup_hostname(lua_State *L, sx_conn *conn, sx_ctx *c, int opts,
+                           const char **hostname) {
   X509_VERIFY_PARAM *param = SSL_get0_param(conn->ssl);
   int verify_hostname = 1;
   lua_getfield(L, opts, "verify_hostname");
@@ -1018,7 +1019,7 @@ static void setup_hostname(lua_State *L, sx_conn *conn, int opts, const char **h
   *hostname = NULL;
   if (lua_isnil(L, -1)) {
     if (conn->side == SX_CLIENT && (conn->policy.mode & SSL_VERIFY_PEER) && verify_hostname &&
-        X509_VERIFY_PARAM_get0_host(param, 0) == NULL && !conn_ctx(conn)->params_identity)
+        X509_VERIFY_PARAM_get0_host(param, 0) == NULL && !c->params_identity)
       luaL_argerror(L, 2, "a verifying client needs opts.hostname (or a host/ip verification "
                           "parameter, or verify_hostname = false)");
     return;
@@ -1074,6 +1075,12 @@ static void setup_client_session(lua_State *L, sx_conn *conn, sx_ctx *c, int opt
   lua_pop(L, 1);
 }
 
+/* Reading the options can run Lua code (an __index metamethod, or a finalizer at any
+ * allocation) that closes the context: it is checked again before each use. */
+static void check_ctx_open(lua_State *L, sx_ctx *c) {
+  if (c->ctx == NULL) luaL_argerror(L, 1, "context was closed while the options were read");
+}
+
 int sx_connection_new(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
   sx_conn *conn;
@@ -1095,6 +1102,7 @@ int sx_connection_new(lua_State *L) {
   opts = 2;
   check_conn_options(L, opts);
   side = conn_side_from(L, c, opts);
+  check_ctx_open(L, c);
   if (side == SX_SERVER) sx_ctx_refresh_sid(L, c);   /* before SSL_new copies it */
   conn = (sx_conn *)sx_newuserdata_slots(L, sizeof(sx_conn), SX_SLOT_N);
   memset(conn, 0, sizeof *conn);   /* closed until SSL_new succeeds */
@@ -1112,8 +1120,9 @@ int sx_connection_new(lua_State *L) {
   conn->side = side;
   conn->policy = c->policy[side];
   setup_transport(L, conn, obj, opts, &close_transport);
+  check_ctx_open(L, c);
   if (ERR_peek_error() != 0) ERR_clear_error();
-  conn->ssl = SSL_new(c->ctx);
+  conn->ssl = SSL_new(c->ctx);   /* from here the SSL holds its own reference to c->ctx */
   if (conn->ssl == NULL) {
     sx_push_error(L, "SSL_new", "ssl");
     return lua_error(L);
@@ -1124,7 +1133,8 @@ int sx_connection_new(lua_State *L) {
   else SSL_set_accept_state(conn->ssl);
   sx_apply_verify(conn->ssl, &conn->policy, conn->soft_fail);
   attach_transport(L, conn);
-  setup_hostname(L, conn, opts, &hostname);
+  setup_hostname(L, conn, c, opts, &hostname);
+  check_ctx_open(L, c);   /* the session id context digests its trust store */
   if (side == SX_CLIENT) setup_client_session(L, conn, c, opts, hostname);
   conn->close_transport = close_transport;
   lua_settop(L, obj);

@@ -483,6 +483,10 @@ static int use_private_key(lua_State *L, sx_ctx *c, int obj, int idx, int pw_idx
   pw.err_index = 0;
   key = sx_load_key(L, idx, &pw, w);
   if (key == NULL) return 3;
+  if (c->ctx == NULL) {   /* the password callback closed it */
+    EVP_PKEY_free(key);
+    return luaL_error(L, "context was closed while its key was loading");
+  }
   ERR_clear_error();
   ok = SSL_CTX_use_PrivateKey(c->ctx, key);
   EVP_PKEY_free(key);
