@@ -122,6 +122,24 @@ describe("sslctx.new", function()
       c:close()
     end)
 
+    -- The same for set_verify_params: the parameters were fetched before the table was read,
+    -- and written after the object had freed them.
+    it("set_verify_params whose table closes the object raises instead of writing", function()
+      local function closing(obj)
+        return setmetatable({}, { __index = function(_, k)
+          if k == "depth" then obj:close(); return 3 end
+        end })
+      end
+      local ctx = helper.new_ctx({ side = "server" })
+      local msg = helper.raises(ctx.set_verify_params, ctx, closing(ctx))
+      assert.truthy(msg:find("closed while the parameters were read", 1, true), msg)
+      local cctx = helper.client_ctx()
+      local c = cctx:new_connection({ hostname = "localhost" })
+      msg = helper.raises(c.set_verify_params, c, closing(c))
+      assert.truthy(msg:find("closed while the parameters were read", 1, true), msg)
+      assert.equal("sslctx.connection (closed)", tostring(c))
+    end)
+
     it("verify takes every §1 form", function()
       assert.equal(3, select(2, helper.new_ctx({ side = "server", verify = "require" }):get_verification_mode("server")))
       assert.equal(5, select(2, helper.new_ctx({ side = "server", verify = 5 }):get_verification_mode("server")))

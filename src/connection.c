@@ -737,10 +737,15 @@ static int conn_get_verify_depth(lua_State *L) {
   return 1;
 }
 
+static X509_VERIFY_PARAM *conn_param(void *owner) {
+  sx_conn *conn = (sx_conn *)owner;
+  return conn->ssl != NULL && !conn->close_asked ? SSL_get0_param(conn->ssl) : NULL;
+}
+
 static int conn_set_verify_params(lua_State *L) {
   sx_conn *conn = sx_conn_check(L, 1);
   sx_where w = {2, NULL};
-  sx_set_verify_params(L, SSL_get0_param(conn->ssl), 2, w, NULL, conn->policy.params_digest);
+  sx_set_verify_params(L, conn_param, conn, 2, w, NULL, NULL, conn->policy.params_digest);
   conn_policy_changed(L, conn);
   return 0;
 }

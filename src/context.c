@@ -200,16 +200,14 @@ static int ctx_get_verify_depth(lua_State *L) {
   return 1;
 }
 
+static X509_VERIFY_PARAM *ctx_param(void *owner) {
+  sx_ctx *c = (sx_ctx *)owner;
+  return c->ctx != NULL ? SSL_CTX_get0_param(c->ctx) : NULL;
+}
+
 static void apply_verify_params(lua_State *L, sx_ctx *c, int idx, sx_where w) {
-  idx = lua_absindex(L, idx);
-  if (lua_istable(L, idx)) {
-    lua_getfield(L, idx, "host");
-    lua_getfield(L, idx, "ip");
-    if (!lua_isnil(L, -1) || !lua_isnil(L, -2)) c->params_identity = 1;
-    lua_pop(L, 2);
-  }
   /* Both sides' policies share the one X509_VERIFY_PARAM of the SSL_CTX. */
-  sx_set_verify_params(L, SSL_CTX_get0_param(c->ctx), idx, w, &c->flags_explicit,
+  sx_set_verify_params(L, ctx_param, c, idx, w, &c->flags_explicit, &c->params_identity,
                        c->policy[SX_SERVER].params_digest);
   memcpy(c->policy[SX_CLIENT].params_digest, c->policy[SX_SERVER].params_digest, 32);
   mark_policy_changed(c);

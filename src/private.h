@@ -187,8 +187,11 @@ void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb);
 int sx_push_mode(lua_State *L, int mode, int side);   /* flags, integer[, preset] */
 int sx_verify_trampoline(int ok, X509_STORE_CTX *store);
 void sx_apply_verify(SSL *ssl, const sx_policy *p, int soft_fail);
-void sx_set_verify_params(lua_State *L, X509_VERIFY_PARAM *param, int idx, sx_where w,
-                          int *flags_explicit, unsigned char digest[32]);
+/* The owner's parameters, or NULL once it is closed (Lua code run while the table is read,
+ * an __index or a finalizer, may close it: they are fetched only after). */
+typedef X509_VERIFY_PARAM *(*sx_param_getter)(void *owner);
+void sx_set_verify_params(lua_State *L, sx_param_getter get, void *owner, int idx, sx_where w,
+                          int *flags_explicit, int *identity, unsigned char digest[32]);
 /* Runs helper(data) protected on conn->L, the thread driving the connection, with the
  * OpenSSL error queue isolated.  Returns 1, or 0 when it failed: the first failure's message
  * stays on the stack for the driving call to report as "<name> callback: <message>". */

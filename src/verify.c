@@ -548,10 +548,12 @@ static void mix_param(sx_digest *d, const char *key, const void *p, size_t n) {
   sx_digest_update(d, p, n);
 }
 
-/* Applies {time=, flags=, purpose=, depth=, host=, ip=} to param, all validated before any
- * is applied, and folds them into digest (part of the session id context). */
-void sx_set_verify_params(lua_State *L, X509_VERIFY_PARAM *param, int idx, sx_where w,
-                          int *flags_explicit, unsigned char digest[32]) {
+/* Applies {time=, flags=, purpose=, depth=, host=, ip=} to the owner's parameters, all
+ * validated before any is applied, and folds them into digest (part of the session id
+ * context).  *identity is set when a host or ip was given. */
+void sx_set_verify_params(lua_State *L, sx_param_getter get, void *owner, int idx, sx_where w,
+                          int *flags_explicit, int *identity, unsigned char digest[32]) {
+  X509_VERIFY_PARAM *param;
   lua_Integer when = 0, depth = -1;
   int has_time, has_flags, purpose = -1;
   unsigned long flags = 0;
@@ -595,6 +597,9 @@ void sx_set_verify_params(lua_State *L, X509_VERIFY_PARAM *param, int idx, sx_wh
       sx_where_error(L, w, lua_pushfstring(L, "invalid IP address '%s'", ip));
   }
   /* Validated: apply. */
+  param = get(owner);
+  if (param == NULL) luaL_argerror(L, 1, "closed while the parameters were read");
+  if (identity != NULL && (host != NULL || ip != NULL)) *identity = 1;
   sx_digest_init(&sha);
   sx_digest_update(&sha, digest, 32);
   if (has_time) {
