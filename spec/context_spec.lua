@@ -124,7 +124,7 @@ describe("sslctx.new", function()
 
     -- The same for set_verify_params: the parameters were fetched before the table was read,
     -- and written after the object had freed them.
-    it("set_verify_params whose table closes the object raises instead of writing", function()
+    it("set_verify_params / set_trust whose table closes the object raise instead of writing", function()
       local function closing(obj)
         return setmetatable({}, { __index = function(_, k)
           if k == "depth" then obj:close(); return 3 end
@@ -138,6 +138,13 @@ describe("sslctx.new", function()
       msg = helper.raises(c.set_verify_params, c, closing(c))
       assert.truthy(msg:find("closed while the parameters were read", 1, true), msg)
       assert.equal("sslctx.connection (closed)", tostring(c))
+      -- and conn:set_trust, which handed a closed connection's NULL to OpenSSL
+      local c2 = cctx:new_connection({ hostname = "localhost" })
+      local trust = setmetatable({}, { __index = function(_, k)
+        if k == "ca" then c2:close(); return helper.read("ca.pem") end
+      end })
+      msg = helper.raises(c2.set_trust, c2, trust)
+      assert.truthy(msg:find("closed while the trust table was read", 1, true), msg)
     end)
 
     it("verify takes every §1 form", function()

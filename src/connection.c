@@ -838,6 +838,11 @@ static int conn_set_trust(lua_State *L) {
   }
   sk_X509_pop_free(certs, X509_free);
   ERR_clear_error();
+  if (conn->ssl == NULL) {   /* closed by Lua code run while the table was read */
+    X509_STORE_free(store);
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
+    return luaL_argerror(L, 1, "closed while the trust table was read");
+  }
   SSL_set0_verify_cert_store(conn->ssl, store);   /* takes ownership */
   SSL_set_client_CA_list(conn->ssl, names);       /* takes ownership */
   conn_policy_changed(L, conn);
