@@ -316,8 +316,8 @@ static int conn_handshake(lua_State *L) {
   errno = 0;
   r = SSL_do_handshake(conn->ssl);
   if (r == 1 && !conn->cb_failed) {
-    drive_end(L, conn);
     remember_first_peer(conn);
+    drive_end(L, conn);
     lua_pushboolean(L, 1);
     return 1;
   }
