@@ -128,53 +128,84 @@ end)
 -- the copy there).  Now close() from there only asks, the object reads as closed at once,
 -- and the method closes it on its way out.  A chain of K finalizers puts the close at the
 -- K-th collection step; in a child interpreter, so that a crash fails this spec only.
+-- The child's script: each spec puts its list of METHODS (connection methods) before it.
+local CLOSE_IN_METHOD = [[
+  -- A finalizer closes the connection while one of its methods runs.
+  local helper = require "helper"
+  local function busy_gc()
+    if _VERSION == "Lua 5.4" then collectgarbage("incremental", 0, 1000)
+    else collectgarbage("setpause", 0); collectgarbage("setstepmul", 100000) end
+  end
+  -- 5.1 and LuaJIT run __gc only for userdata
+  local function garbage_with_finalizer(fn)
+    if newproxy then getmetatable(newproxy(true)).__gc = fn
+    else setmetatable({}, { __gc = fn }) end
+  end
+  for _, m in ipairs(METHODS) do
+    for K = 1, 5 do
+      local sctx = helper.server_ctx()
+      sctx:set_alpn_select({ "h2" })
+      local cctx = helper.client_ctx({ alpn = { "h2" } })
+      local c, s = helper.connected(cctx, sctx)
+      assert(s:write(("y"):rep(3000)))
+      helper.transfer(s, c)
+      if m == "drain" then assert(c:write("x")) end
+      collectgarbage("collect")
+      collectgarbage("stop")
+      local function link(k)
+        garbage_with_finalizer(function()
+          if k == K then c:close() return end
+          link(k + 1)
+          local pad = string.rep("x", 8192)
+        end)
+      end
+      link(1)
+      busy_gc()
+      collectgarbage("restart")
+      local ok, r = pcall(c[m], c)
+      assert(ok, m .. " raised: " .. tostring(r))
+      for _ = 1, K + 2 do collectgarbage("collect") end   -- one link per cycle
+      assert(tostring(c):find("closed"), m .. " K=" .. K .. ": the close was lost: " .. tostring(c))
+      assert(not pcall(c[m], c), m .. ": a closed connection must raise")
+    end
+  end
+  print("CHILD-DONE")
+]]
+
+-- Regression (found by reading): any allocation inside a method may run a finalizer, and a
+-- finalizer may close the very connection whose method is running (a wrapper that closes
+-- what it wraps).  drain() then consumed the outbox of a freed SSL (SIGSEGV on every
+-- interpreter), read() looped on it, peer_chain() walked a freed chain, and alpn() and
+-- servername() copied freed bytes on 5.1, 5.2 and LuaJIT (a collection step comes before
+-- the copy there; session:hostname() had the same flaw, but OpenSSL 3.0 leaves that nil
+-- here, see doc/reference.md).  Now close() from there only asks, the
+-- object reads as closed at once, and the method closes it on its way out.  A chain of K
+-- finalizers puts the close at the K-th collection step; in a child interpreter, so that a
+-- crash fails this spec only.
 describe("gc: a finalizer closes a connection in the middle of its own method", function()
-  it("the method finishes, then the connection is closed (drain, chains, alpn, servername, read)", function()
+  it("the method finishes, then the connection is closed (drain, chains, read, alpn, ...)", function()
     local out, rc = helper.run_child([[
-      -- A finalizer closes a connection while one of its methods runs.
-      local helper = require "helper"
-      local METHODS = { "drain", "peer_chain", "verified_chain", "alpn", "servername", "read" }
-      local function busy_gc()
-        if _VERSION == "Lua 5.4" then collectgarbage("incremental", 0, 1000)
-        else collectgarbage("setpause", 0); collectgarbage("setstepmul", 100000) end
-      end
-      -- 5.1 and LuaJIT run __gc only for userdata
-      local function garbage_with_finalizer(fn)
-        if newproxy then getmetatable(newproxy(true)).__gc = fn
-        else setmetatable({}, { __gc = fn }) end
-      end
-      for _, m in ipairs(METHODS) do
-        for K = 1, 6 do
-          local sctx = helper.server_ctx()
-          sctx:set_alpn_select({ "h2" })
-          local cctx = helper.client_ctx({ alpn = { "h2" } })
-          local c, s = helper.connected(cctx, sctx)
-          assert(s:write(("y"):rep(3000)))
-          helper.transfer(s, c)
-          if m == "drain" then assert(c:write("x")) end
-          collectgarbage("collect")
-          collectgarbage("stop")
-          local function link(k)
-            garbage_with_finalizer(function()
-              if k == K then c:close() return end
-              link(k + 1)
-              local pad = string.rep("x", 8192)
-            end)
-          end
-          link(1)
-          busy_gc()
-          collectgarbage("restart")
-          local ok, r = pcall(c[m], c)
-          assert(ok, m .. " raised: " .. tostring(r))
-          for _ = 1, K + 2 do collectgarbage("collect") end   -- one link per cycle
-          assert(tostring(c):find("closed"), m .. " K=" .. K .. ": the close was lost: " .. tostring(c))
-          assert(not pcall(c[m], c), m .. ": a closed connection must raise")
-        end
-      end
-      print("CHILD-DONE")
-    ]], 60)
+      local METHODS = { "drain", "peer_chain", "verified_chain", "read", "alpn", "servername" }
+    ]] .. CLOSE_IN_METHOD, 60)
     assert.is_truthy(out:find("CHILD-DONE", 1, true) and rc == 0,
                      "the child crashed (rc 139 = SIGSEGV) or an assertion failed:\n" .. out)
+  end)
+
+  -- Copying freed bytes does not crash: valgrind sees it.
+  it("alpn and servername copy nothing freed (child under valgrind)", function()
+    if not helper.exec_ok("command -v valgrind >/dev/null 2>&1") then
+      pending("valgrind is not installed (make deps installs it)")
+      return
+    end
+    if jit then
+      pending("LuaJIT's own allocator and string code are not valgrind-clean")
+      return
+    end
+    local out, rc = helper.run_child([[
+      local METHODS = { "alpn", "servername" }
+    ]] .. CLOSE_IN_METHOD, 180, "valgrind -q --error-exitcode=99 --num-callers=12")
+    assert.is_truthy(out:find("CHILD-DONE", 1, true) and rc == 0,
+                     "valgrind found errors (exit 99) or the child failed:\n" .. out)
   end)
 end)
 

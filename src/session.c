@@ -69,9 +69,16 @@ static int session_id(lua_State *L) {
 }
 
 static int session_hostname(lua_State *L) {
-  const char *h = SSL_SESSION_get0_hostname(session_check(L, 1)->s);
-  if (h == NULL) lua_pushnil(L);
-  else lua_pushstring(L, h);
+  SSL_SESSION *s = session_check(L, 1)->s;
+  const char *h = SSL_SESSION_get0_hostname(s);
+  if (h == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  /* 5.1, 5.2, LuaJIT collect before copying: a finalizer may close the session object */
+  SSL_SESSION_up_ref(s);
+  lua_pushstring(L, h);
+  SSL_SESSION_free(s);
   return 1;
 }
 
