@@ -623,6 +623,28 @@ describe("bad input #badinput", function()
     report(problems, stats)
   end)
 
+  -- A raise that names argument #1 and the option (or an option at all).
+  local function names_option(msg, k)
+    return strip_where(msg):find("^bad argument #1 to '") ~= nil and
+           (msg:find(k, 1, true) ~= nil or msg:find("option", 1, true) ~= nil)
+  end
+
+  -- One call's outcome with a bad option: a result; nil, message, known kind (a bare nil
+  -- only where the call returns nothing on success); the sentinel; or a string error that
+  -- accepted() takes.
+  local function judge_option(problems, label, returns_nothing, accepted, okc, r1, r2, r3)
+    if okc then
+      if r1 == nil and (r2 ~= nil or not returns_nothing) and (type(r2) ~= "string" or not KINDS[r3]) then
+        problems[#problems + 1] = ("%s: returned nil, %s, %s"):format(label, safe_tostring(r2),
+                                                                      safe_tostring(r3))
+      end
+    elseif type(r1) ~= "string" then
+      problems[#problems + 1] = ("%s: raised a %s"):format(label, type(r1))
+    elseif not r1:find(SENTINEL, 1, true) and not accepted(r1) then
+      problems[#problems + 1] = ("%s: %s"):format(label, safe_tostring(r1))
+    end
+  end
+
   it("bad option tables for sslctx.new and new_connection name the option", function()
     local problems = {}
     local keys = { "side", "verify", "verify_callback", "verify_depth", "ca_file", "ca_path", "ca",
@@ -639,20 +661,8 @@ describe("bad input #badinput", function()
             n = n + 1
             local opts = { side = side, [k] = v }
             if k == "side" then opts.side = v end
-            local okc, r1, r2, r3 = pcall(sslctx.new, opts)
-            if okc then
-              if r1 == nil and (type(r2) ~= "string" or not KINDS[r3]) then
-                problems[#problems + 1] = ("new{%s = %s}: returned nil, %s, %s"):format(
-                  k, val[1], safe_tostring(r2), safe_tostring(r3))
-              end
-            elseif type(r1) ~= "string" then
-              problems[#problems + 1] = ("new{%s = %s}: raised a %s"):format(k, val[1], type(r1))
-            elseif not r1:find(SENTINEL, 1, true) and
-                   not (strip_where(r1):find("^bad argument #1 to '") and
-                        (r1:find(k, 1, true) or r1:find("option", 1, true))) then
-              problems[#problems + 1] = ("new{side = %s, %s = %s}: %s"):format(side, k, val[1],
-                                                                             safe_tostring(r1))
-            end
+            judge_option(problems, ("new{side = %s, %s = %s}"):format(side, k, val[1]), false,
+                         function(msg) return names_option(msg, k) end, pcall(sslctx.new, opts))
           end
         end
       end
@@ -669,24 +679,14 @@ describe("bad input #badinput", function()
           local ctx = make.client_ctx()
           local o = { [k] = v, hostname = (k ~= "hostname") and "localhost" or v }
           if k == "fd" then o.close = false end   -- a number that lands on a real fd: not ours to close
-          local okc, r1, r2, r3 = pcall(method_caller("new_connection")(ctx), o)
-          if okc then
-            if r1 == nil and (type(r2) ~= "string" or not KINDS[r3]) then
-              problems[#problems + 1] = ("new_connection{%s = %s}: returned nil, %s, %s"):format(
-                k, val[1], safe_tostring(r2), safe_tostring(r3))
-            end
-          elseif type(r1) ~= "string" then
-            problems[#problems + 1] = ("new_connection{%s = %s}: raised a %s"):format(k, val[1], type(r1))
-          elseif not r1:find(SENTINEL, 1, true) and
-                 not (strip_where(r1):find("^bad argument #1 to '") and
-                      (r1:find(k, 1, true) or r1:find("option", 1, true))) and
-                 -- documented exemption: a "socket" is duck-typed (its getfd is called), so
-                 -- that object's own argument error may propagate; the one case is a closed
-                 -- sslctx.connection, whose getfd raises "bad argument #1 to '?' (connection
-                 -- is closed)".  Only such a "bad argument" error is let through.
-                 not (k == "socket" and strip_where(r1):find("^bad argument #1 to '")) then
-            problems[#problems + 1] = ("new_connection{%s = %s}: %s"):format(k, val[1], safe_tostring(r1))
-          end
+          judge_option(problems, ("new_connection{%s = %s}"):format(k, val[1]), false, function(msg)
+            -- documented exemption: a "socket" is duck-typed (its getfd is called), so that
+            -- object's own argument error may propagate; the one case is a closed
+            -- sslctx.connection, whose getfd raises "bad argument #1 to '?' (connection is
+            -- closed)".  Only such a "bad argument" error is let through.
+            return names_option(msg, k) or
+                   (k == "socket" and strip_where(msg):find("^bad argument #1 to '") ~= nil)
+          end, pcall(method_caller("new_connection")(ctx), o))
         end
       end
     end
@@ -704,19 +704,9 @@ describe("bad input #badinput", function()
           local v = val[2]()
           if v ~= nil then
             n = n + 1
-            local okc, r1, r2, r3 = pcall(method_caller(name)(mk()), { [k] = v })
-            if okc then
-              if r1 == nil and r2 ~= nil and (type(r2) ~= "string" or not KINDS[r3]) then
-                problems[#problems + 1] = ("%s{%s = %s}: returned nil, %s, %s"):format(
-                  name, k, val[1], safe_tostring(r2), safe_tostring(r3))
-              end
-            elseif type(r1) ~= "string" then
-              problems[#problems + 1] = ("%s{%s = %s}: raised a %s"):format(name, k, val[1], type(r1))
-            elseif not r1:find(SENTINEL, 1, true) and
-                   not strip_where(r1):find("^bad argument #1 to '" .. name .. "'") then
-              problems[#problems + 1] = ("%s %s{%s = %s}: %s"):format(class, name, k, val[1],
-                                                                  safe_tostring(r1))
-            end
+            judge_option(problems, ("%s %s{%s = %s}"):format(class, name, k, val[1]), true, function(msg)
+              return strip_where(msg):find("^bad argument #1 to '" .. name .. "'") ~= nil
+            end, pcall(method_caller(name)(mk()), { [k] = v }))
           end
         end
       end

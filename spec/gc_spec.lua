@@ -193,17 +193,10 @@ describe("gc: a finalizer closes a connection in the middle of its own method", 
 
   -- Copying freed bytes does not crash: valgrind sees it.
   it("alpn and servername copy nothing freed (child under valgrind)", function()
-    if not helper.exec_ok("command -v valgrind >/dev/null 2>&1") then
-      pending("valgrind is not installed (make deps installs it)")
-      return
-    end
-    if jit then
-      pending("LuaJIT's own allocator and string code are not valgrind-clean")
-      return
-    end
-    local out, rc = helper.run_child([[
+    local out, rc = helper.valgrind_child([[
       local METHODS = { "alpn", "servername" }
-    ]] .. CLOSE_IN_METHOD, 180, "valgrind -q --error-exitcode=99 --num-callers=12")
+    ]] .. CLOSE_IN_METHOD, 180)
+    if out == nil then return pending(rc) end
     assert.is_truthy(out:find("CHILD-DONE", 1, true) and rc == 0,
                      "valgrind found errors (exit 99) or the child failed:\n" .. out)
   end)

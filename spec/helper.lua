@@ -20,6 +20,7 @@
 --   helper.file_exists(path), helper.read_file(path) (nil if unreadable),
 --   helper.write_file(path, data)
 --   helper.run_child(script, seconds, wrapper) -> output, exit status of a child interpreter
+--   helper.valgrind_child(script, seconds) -> the same under valgrind, or nil, why not
 --   helper.with_busy_gc(fn)     runs fn with a collector that never rests
 
 local helper = {}
@@ -70,6 +71,16 @@ function helper.run_child(script, seconds, wrapper)
                          .. " " .. helper.sh_quote(f) .. "; echo \"::rc=$?\"")
   os.remove(f)
   return out, tonumber(out:match("::rc=(%d+)%s*$"))
+end
+
+-- run_child under valgrind (memcheck, exit 99 on any error) -> output, exit status; or
+-- nil, why when it cannot run here (no valgrind; LuaJIT, which is not valgrind-clean).
+function helper.valgrind_child(script, seconds)
+  if not exec_ok("command -v valgrind >/dev/null 2>&1") then
+    return nil, "valgrind is not installed (make deps installs it)"
+  end
+  if jit then return nil, "LuaJIT's own allocator and string code are not valgrind-clean" end
+  return helper.run_child(script, seconds, "valgrind -q --error-exitcode=99 --num-callers=12")
 end
 
 -- Runs `openssl <args>` (args: a string already quoted, or a list of words to quote).
