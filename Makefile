@@ -21,7 +21,8 @@ DEMO_LUA ?= lua5.4
 BUSTED ?= /usr/bin/busted
 
 SRCS := src/core.c src/context.c src/connection.c src/verify.c src/x509.c \
-        src/pkey.c src/session.c src/bio.c src/hook.c
+        src/pkey.c src/session.c src/bio.c src/hook.c \
+        src/policy.c src/trust.c
 HDRS := src/compat.h src/private.h
 
 # Search paths for the specs: our Lua front and spec helpers, then the default.

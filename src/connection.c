@@ -53,6 +53,8 @@ static void conn_release(sx_conn *conn) {
   conn->rbio = conn->wbio = NULL;
   X509_free(conn->first_peer);
   conn->first_peer = NULL;
+  SSL_SESSION_free(conn->offer);
+  conn->offer = NULL;
   if (conn->transport == SX_T_FD && conn->close_transport && conn->fd >= 0) close(conn->fd);
   conn->fd = -1;
 }
@@ -170,6 +172,7 @@ static sx_conn *drive_begin(lua_State *L, const char *what) {
   conn->cb_err_index = 0;
   conn->retry_verify = 0;
   if (ERR_peek_error() != 0) ERR_clear_error();
+  if (!conn->started && conn->side == SX_CLIENT) sx_conn_client_start(conn);
   busy_begin(conn);
   return conn;
 }
@@ -672,18 +675,14 @@ static int conn_getfd(lua_State *L) {
 
 /* ---- per-connection verification --------------------------------------- */
 
-static sx_ctx *conn_ctx(sx_conn *conn) {
-  return (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(conn->ssl), sx_ctx_ex_index);
-}
-
-/* A server connection whose policy diverges from its context's gets its own session id
- * context, so that its sessions resume only under the same policy. */
-static void conn_policy_changed(lua_State *L, sx_conn *conn) {
-  sx_ctx *c = conn_ctx(conn);
-  unsigned char sid[32];
-  if (conn->side != SX_SERVER || c == NULL) return;
-  sx_ctx_policy_digest(L, c, &conn->policy, SSL_get0_param(conn->ssl), SX_SERVER, "connection", sid);
-  SSL_set_session_id_context(conn->ssl, sid, sizeof sid);
+/* Every per-connection setter of the policy: never from inside the connection's own
+ * callback (a verification running now would end under one policy and be labelled with
+ * another), then the session id context follows the change (policy.c). */
+static sx_conn *policy_check(lua_State *L, const char *what) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  if (conn->in_callback)
+    luaL_error(L, "%s called from inside this connection's own callback", what);
+  return conn;
 }
 
 static int conn_check_side(lua_State *L, sx_conn *conn, int arg) {
@@ -694,7 +693,7 @@ static int conn_check_side(lua_State *L, sx_conn *conn, int arg) {
 }
 
 static int conn_set_verification_mode(lua_State *L) {
-  sx_conn *conn = sx_conn_check(L, 1);
+  sx_conn *conn = policy_check(L, "set_verification_mode");
   lua_settop(L, 4);   /* an omitted callback is nil, at a fixed slot */
   int side = conn_check_side(L, conn, 2);
   sx_where mw = {3, NULL}, cw = {4, NULL};
@@ -705,12 +704,13 @@ static int conn_set_verification_mode(lua_State *L) {
     sx_callback cb;
     sx_parse_callback(L, 4, cw, &cb);
     conn->policy.cb = cb;
+    conn->policy.cb_named = 0;   /* a context's name vouches for its own callbacks only */
     lua_pushvalue(L, 4);
     sx_setslot(L, 1, SX_SLOT_CB);
   }
   conn->policy.mode = mode;
-  sx_apply_verify(conn->ssl, &conn->policy, conn->soft_fail);
-  conn_policy_changed(L, conn);
+  sx_apply_verify(conn->ssl, &conn->policy);
+  sx_conn_policy_changed(L, conn);
   lua_pushinteger(L, mode);
   return 1;
 }
@@ -724,11 +724,11 @@ static int conn_get_verification_mode(lua_State *L) {
 }
 
 static int conn_set_verify_depth(lua_State *L) {
-  sx_conn *conn = sx_conn_check(L, 1);
+  sx_conn *conn = policy_check(L, "set_verify_depth");
   lua_Integer n = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, n >= 0 && n <= 100, 2, "depth must be from 0 to 100");
+  luaL_argcheck(L, n >= 0 && n <= SX_MAX_DEPTH, 2, "depth must be from 0 to 2^31-1");
   SSL_set_verify_depth(conn->ssl, (int)n);
-  conn_policy_changed(L, conn);
+  sx_conn_policy_changed(L, conn);
   return 0;
 }
 
@@ -743,10 +743,10 @@ static X509_VERIFY_PARAM *conn_param(void *owner) {
 }
 
 static int conn_set_verify_params(lua_State *L) {
-  sx_conn *conn = sx_conn_check(L, 1);
+  sx_conn *conn = policy_check(L, "set_verify_params");
   sx_where w = {2, NULL};
-  sx_set_verify_params(L, conn_param, conn, 2, w, NULL, NULL, conn->policy.params_digest);
-  conn_policy_changed(L, conn);
+  sx_set_verify_params(L, conn_param, conn, 2, w, NULL, NULL, &conn->policy);
+  sx_conn_policy_changed(L, conn);
   return 0;
 }
 
@@ -794,14 +794,14 @@ static int conn_verify_client_post_handshake(lua_State *L) {
 
 /* conn:set_trust{ca_file = path, ca = pem} -> true | nil, msg, kind: a trust store and a
  * client-CA list of this connection's own (a borrowed one verifies against it instead of its
- * owner's). */
+ * owner's).  Its identity is built as a context's is (trust.c), so that equal trust gives
+ * equal policies wherever it was set. */
 static int conn_set_trust(lua_State *L) {
-  sx_conn *conn = sx_conn_check(L, 1);
-  if (conn->in_callback)   /* the verification running now uses the store it would free */
-    return luaL_error(L, "set_trust called from inside this connection's own callback");
+  sx_conn *conn = policy_check(L, "set_trust");
   STACK_OF(X509) *certs = NULL;
   X509_STORE *store;
   STACK_OF(X509_NAME) *names;
+  unsigned char id[32];
   const char *file;
   int i;
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -815,10 +815,11 @@ static int conn_set_trust(lua_State *L) {
     sx_where w = {2, "ca"};
     if ((certs = sx_load_certs(L, 4, "ca", w)) == NULL) return 3;
   }
+  memset(id, 0, sizeof id);
   store = X509_STORE_new();
   names = sk_X509_NAME_new_null();
   ERR_clear_error();
-  if (store == NULL || names == NULL || (file != NULL && !X509_STORE_load_locations(store, file, NULL))) {
+  if (store == NULL || names == NULL || (file != NULL && !sx_trust_add_file(store, file, id))) {
     X509_STORE_free(store);
     sk_X509_NAME_free(names);
     sk_X509_pop_free(certs, X509_free);
@@ -833,19 +834,21 @@ static int conn_set_trust(lua_State *L) {
   }
   for (i = 0; certs != NULL && i < sk_X509_num(certs); i++) {
     X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(sk_X509_value(certs, i)));
-    X509_STORE_add_cert(store, sk_X509_value(certs, i));
+    sx_trust_add_cert(store, sk_X509_value(certs, i), id);
     if (nm != NULL && !sk_X509_NAME_push(names, nm)) X509_NAME_free(nm);
   }
   sk_X509_pop_free(certs, X509_free);
   ERR_clear_error();
-  if (conn->ssl == NULL) {   /* closed by Lua code run while the table was read */
+  if (conn->ssl == NULL || conn->close_asked) {   /* closed by Lua code run while the table was read */
     X509_STORE_free(store);
     sk_X509_NAME_pop_free(names, X509_NAME_free);
     return luaL_argerror(L, 1, "closed while the trust table was read");
   }
   SSL_set0_verify_cert_store(conn->ssl, store);   /* takes ownership */
   SSL_set_client_CA_list(conn->ssl, names);       /* takes ownership */
-  conn_policy_changed(L, conn);
+  memcpy(conn->policy.trust, id, sizeof id);
+  conn->trust_unknown = 0;
+  sx_conn_policy_changed(L, conn);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -853,10 +856,11 @@ static int conn_set_trust(lua_State *L) {
 /* conn:set_soft_fail(bool): verification failures are recorded, not fatal (a missing
  * certificate too); callback errors still fail the handshake. */
 static int conn_set_soft_fail(lua_State *L) {
-  sx_conn *conn = sx_conn_check(L, 1);
+  sx_conn *conn = policy_check(L, "set_soft_fail");
   luaL_checktype(L, 2, LUA_TBOOLEAN);
-  conn->soft_fail = lua_toboolean(L, 2);
-  sx_apply_verify(conn->ssl, &conn->policy, conn->soft_fail);
+  conn->policy.soft_fail = lua_toboolean(L, 2);
+  sx_apply_verify(conn->ssl, &conn->policy);
+  sx_conn_policy_changed(L, conn);
   return 0;
 }
 
@@ -865,23 +869,24 @@ static int conn_set_session_id_context(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   luaL_argcheck(L, len <= SSL_MAX_SID_CTX_LENGTH, 2, "session id context longer than 32 bytes");
-  SSL_set_session_id_context(conn->ssl, (const unsigned char *)s, (unsigned)len);
+  sx_conn_name_policy(conn, (const unsigned char *)s, len);
   return 0;
 }
 
-/* conn:set_policy(name): a session id context naming a policy, so sessions resume only under
- * the policy (any length of name; it is hashed). */
+/* conn:set_policy(name): a session id context naming the connection's whole policy, so
+ * sessions resume only under that name (any length of name; it is hashed, with the side). */
 static int conn_set_policy(lua_State *L) {
-  sx_conn *conn = sx_conn_check(L, 1);
+  sx_conn *conn = policy_check(L, "set_policy");
   size_t len;
   const char *name = luaL_checklstring(L, 2, &len);
   unsigned char sid[32];
   sx_digest d;
   sx_digest_init(&d);
   sx_digest_update(&d, "sslctx-policy-name", 19);
+  sx_digest_update(&d, &conn->side, sizeof conn->side);
   sx_digest_update(&d, name, len);
   if (!sx_digest_final(&d, sid)) return luaL_error(L, "out of memory");
-  SSL_set_session_id_context(conn->ssl, sid, sizeof sid);
+  sx_conn_name_policy(conn, sid, sizeof sid);
   return 0;
 }
 
@@ -912,6 +917,8 @@ sx_conn *sx_conn_new_borrowed(lua_State *L, SSL *ssl, lua_State *thread) {
   conn->transport = SX_T_BORROWED;
   conn->side = SSL_is_server(ssl) ? SX_SERVER : SX_CLIENT;
   conn->policy.mode = SSL_get_verify_mode(ssl);
+  conn->trust_unknown = 1;   /* its owner's store: digested when a policy change needs it */
+  conn->started = 1;
   conn->L = thread;   /* no driving calls: callbacks run on the module's thread */
   SSL_set_ex_data(ssl, sx_ssl_ex_index, conn);
   sx_objects_set(L, conn, -1);
@@ -1038,6 +1045,11 @@ static void setup_hostname(lua_State *L, sx_conn *conn, sx_ctx *c, int opts,
     luaL_argerror(L, 2, "option 'hostname': a non-empty string expected");
   if (conn->side != SX_CLIENT) luaL_argerror(L, 2, "option 'hostname' is for client connections");
   *hostname = lua_tostring(L, -1);
+  if (strlen(*hostname) != lua_rawlen(L, -1))
+    luaL_argerror(L, 2, "option 'hostname': must not contain a NUL byte");
+  /* the name checked (or only sent) is part of the client's policy */
+  sx_policy_mix(conn->policy.peer, verify_hostname ? "checked" : "unchecked", *hostname,
+                lua_rawlen(L, -1));
   if (sx_is_ip_literal(*hostname)) {
     if (verify_hostname && !X509_VERIFY_PARAM_set1_ip_asc(param, *hostname))
       luaL_argerror(L, 2, "option 'hostname': invalid IP address");
@@ -1049,26 +1061,10 @@ static void setup_hostname(lua_State *L, sx_conn *conn, sx_ctx *c, int opts,
   }
 }
 
-/* Client sessions carry a session id context derived from the policy and the hostname, so an
- * offered session is used only where both match. */
-static void setup_client_session(lua_State *L, sx_conn *conn, sx_ctx *c, int opts,
-                                 const char *hostname) {
-  unsigned char sid[32];
+/* opts.session is kept until the handshake starts, and offered only if the policy it was
+ * made under equals the connection's then (sx_conn_client_start). */
+static void take_client_session(lua_State *L, sx_conn *conn, int opts) {
   SSL_SESSION *s;
-  const char *h = hostname != NULL ? hostname : "";
-  size_t hl = strlen(h);
-  if (c->memo_gen == c->client_gen + 1 && hl < sizeof c->memo_host &&
-      memcmp(c->memo_host, h, hl + 1) == 0) {
-    memcpy(sid, c->memo_sid, sizeof sid);   /* same policy, same host as last time */
-  } else {
-    sx_ctx_policy_digest(L, c, &conn->policy, SSL_get0_param(conn->ssl), SX_CLIENT, h, sid);
-    if (hl < sizeof c->memo_host) {
-      memcpy(c->memo_host, h, hl + 1);
-      memcpy(c->memo_sid, sid, sizeof sid);
-      c->memo_gen = c->client_gen + 1;
-    }
-  }
-  SSL_set_session_id_context(conn->ssl, sid, sizeof sid);
   lua_getfield(L, opts, "session");
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
@@ -1076,12 +1072,9 @@ static void setup_client_session(lua_State *L, sx_conn *conn, sx_ctx *c, int opt
   }
   s = sx_session_test(L, -1);
   if (s == NULL) luaL_argerror(L, 2, "option 'session': an sslctx.session expected");
-  {
-    unsigned int len = 0;
-    const unsigned char *have = SSL_SESSION_get0_id_context(s, &len);
-    if (len == sizeof sid && memcmp(have, sid, sizeof sid) == 0 && SSL_SESSION_is_resumable(s))
-      SSL_set_session(conn->ssl, s);
-  }
+  if (conn->side != SX_CLIENT) luaL_argerror(L, 2, "option 'session' is for client connections");
+  SSL_SESSION_up_ref(s);
+  conn->offer = s;
   lua_pop(L, 1);
 }
 
@@ -1113,7 +1106,7 @@ int sx_connection_new(lua_State *L) {
   check_conn_options(L, opts);
   side = conn_side_from(L, c, opts);
   check_ctx_open(L, c);
-  if (side == SX_SERVER) sx_ctx_refresh_sid(L, c);   /* before SSL_new copies it */
+  if (side == SX_SERVER) sx_ctx_refresh_sid(c);   /* before SSL_new copies it */
   conn = (sx_conn *)sx_newuserdata_slots(L, sizeof(sx_conn), SX_SLOT_N);
   memset(conn, 0, sizeof *conn);   /* closed until SSL_new succeeds */
   conn->fd = -1;
@@ -1139,13 +1132,20 @@ int sx_connection_new(lua_State *L) {
   }
   SSL_set_ex_data(conn->ssl, sx_ssl_ex_index, conn);
   sx_objects_set(L, conn, obj);
+  /* The connection keeps the context's trust and client-CA list as they are now: later
+   * changes to the context affect later connections only. */
+  if (!sx_ctx_lend_trust(c, conn->ssl)) luaL_error(L, "out of memory");
+  if (side == SX_SERVER && sk_X509_NAME_num(SSL_CTX_get_client_CA_list(c->ctx)) > 0) {
+    STACK_OF(X509_NAME) *names = SSL_dup_CA_list(SSL_CTX_get_client_CA_list(c->ctx));
+    if (names == NULL) luaL_error(L, "out of memory");
+    SSL_set_client_CA_list(conn->ssl, names);
+  }
   if (side == SX_CLIENT) SSL_set_connect_state(conn->ssl);
   else SSL_set_accept_state(conn->ssl);
-  sx_apply_verify(conn->ssl, &conn->policy, conn->soft_fail);
+  sx_apply_verify(conn->ssl, &conn->policy);
   attach_transport(L, conn);
   setup_hostname(L, conn, c, opts, &hostname);
-  check_ctx_open(L, c);   /* the session id context digests its trust store */
-  if (side == SX_CLIENT) setup_client_session(L, conn, c, opts, hostname);
+  take_client_session(L, conn, opts);
   conn->close_transport = close_transport;
   lua_settop(L, obj);
   return 1;

@@ -27,6 +27,8 @@ static void ctx_release(sx_ctx *c) {
   c->ctx = NULL;
   OPENSSL_free(c->alpn_select_wire);
   c->alpn_select_wire = NULL;
+  OPENSSL_free(c->trust_dirs);
+  c->trust_dirs = NULL;
 }
 
 static int ctx_gc(lua_State *L) {
@@ -63,7 +65,6 @@ static void uv_get(lua_State *L, int obj, const char *field) {
 
 static void mark_policy_changed(sx_ctx *c) {
   c->sid_dirty = 1;
-  c->client_gen++;
 }
 
 /* A verification in progress holds the trust store without a reference: changing the store
@@ -74,70 +75,9 @@ static void check_trust_mutable(lua_State *L, sx_ctx *c) {
 }
 
 static void mark_trust_changed(sx_ctx *c) {
-  c->trust_gen++;
+  memcpy(c->policy[SX_CLIENT].trust, c->trust_id, 32);
+  memcpy(c->policy[SX_SERVER].trust, c->trust_id, 32);
   c->sid_dirty = 1;
-  c->client_gen++;
-}
-
-/* ---- policy digest and the session id context --------------------------- */
-
-static void trust_digest(sx_ctx *c, unsigned char out[32]) {
-  X509_STORE *store = SSL_CTX_get_cert_store(c->ctx);
-  STACK_OF(X509_OBJECT) *objs;
-  sx_digest d;
-  int i;
-  if (c->trust_digest_gen == c->trust_gen + 1) {
-    memcpy(out, c->trust_digest, 32);
-    return;
-  }
-  sx_digest_init(&d);
-  sx_digest_update(&d, c->trust_log, 32);
-  X509_STORE_lock(store);
-  objs = X509_STORE_get0_objects(store);
-  for (i = 0; i < sk_X509_OBJECT_num(objs); i++) {
-    X509_OBJECT *o = sk_X509_OBJECT_value(objs, i);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    if (X509_OBJECT_get_type(o) == X509_LU_X509)
-      X509_digest(X509_OBJECT_get0_X509(o), EVP_sha256(), md, &n);
-    else if (X509_OBJECT_get_type(o) == X509_LU_CRL)
-      X509_CRL_digest(X509_OBJECT_get0_X509_CRL(o), EVP_sha256(), md, &n);
-    sx_digest_update(&d, md, n);
-  }
-  X509_STORE_unlock(store);
-  if (sx_digest_final(&d, c->trust_digest)) c->trust_digest_gen = c->trust_gen + 1;
-  memcpy(out, c->trust_digest, 32);
-}
-
-void sx_ctx_policy_digest(lua_State *L, sx_ctx *c, const sx_policy *p, X509_VERIFY_PARAM *param,
-                          int side, const char *extra, unsigned char out[32]) {
-  unsigned char trust[32];
-  unsigned long flags = X509_VERIFY_PARAM_get_flags(param);
-  int depth = X509_VERIFY_PARAM_get_depth(param);
-  sx_digest d;
-  (void)L;
-  trust_digest(c, trust);
-  sx_digest_init(&d);
-  sx_digest_update(&d, "sslctx-policy-1", 16);
-  sx_digest_update(&d, &side, sizeof side);
-  sx_digest_update(&d, &p->mode, sizeof p->mode);
-  sx_digest_update(&d, &p->cb.kind, sizeof p->cb.kind);
-  sx_digest_update(&d, &p->cb.id, sizeof p->cb.id);
-  sx_digest_update(&d, p->params_digest, 32);
-  sx_digest_update(&d, &flags, sizeof flags);
-  sx_digest_update(&d, &depth, sizeof depth);
-  sx_digest_update(&d, trust, 32);
-  if (extra != NULL) sx_digest_update(&d, extra, strlen(extra) + 1);
-  sx_digest_final(&d, out);
-}
-
-void sx_ctx_refresh_sid(lua_State *L, sx_ctx *c) {
-  unsigned char sid[32];
-  if (c->sid_explicit || !c->sid_dirty) return;
-  sx_ctx_policy_digest(L, c, &c->policy[SX_SERVER], SSL_CTX_get0_param(c->ctx), SX_SERVER, NULL,
-                       sid);
-  SSL_CTX_set_session_id_context(c->ctx, sid, sizeof sid);
-  c->sid_dirty = 0;
 }
 
 /* ---- verification ------------------------------------------------------- */
@@ -170,6 +110,8 @@ static int ctx_set_verification_mode(lua_State *L) {
   lua_settop(L, 4);   /* an omitted callback is nil, at a fixed slot */
   int side = sx_check_side(L, 2);
   sx_where mw = {3, NULL}, cw = {4, NULL};
+  if (c->side != SX_BOTH && side != c->side)   /* it would be stored and never used */
+    return luaL_argerror(L, 2, lua_pushfstring(L, "this is a %s context", side_names[c->side]));
   if (lua_isnone(L, 3)) return luaL_argerror(L, 3, "mode expected");
   ctx_set_policy(L, 1, c, side, 3, mw, 4, cw);
   lua_pushinteger(L, c->policy[side].mode);
@@ -189,7 +131,7 @@ static int ctx_get_verification_mode(lua_State *L) {
 static int ctx_set_verify_depth(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
   lua_Integer n = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, n >= 0 && n <= 100, 2, "depth must be from 0 to 100");
+  luaL_argcheck(L, n >= 0 && n <= SX_MAX_DEPTH, 2, "depth must be from 0 to 2^31-1");
   SSL_CTX_set_verify_depth(c->ctx, (int)n);
   mark_policy_changed(c);
   return 0;
@@ -207,9 +149,12 @@ static X509_VERIFY_PARAM *ctx_param(void *owner) {
 
 static void apply_verify_params(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   /* Both sides' policies share the one X509_VERIFY_PARAM of the SSL_CTX. */
-  sx_set_verify_params(L, ctx_param, c, idx, w, &c->flags_explicit, &c->params_identity,
-                       c->policy[SX_SERVER].params_digest);
-  memcpy(c->policy[SX_CLIENT].params_digest, c->policy[SX_SERVER].params_digest, 32);
+  sx_policy *server = &c->policy[SX_SERVER], *client = &c->policy[SX_CLIENT];
+  sx_set_verify_params(L, ctx_param, c, idx, w, &c->flags_explicit, &c->params_identity, server);
+  client->purpose = server->purpose;
+  client->has_time = server->has_time;
+  client->time = server->time;
+  memcpy(client->ip, server->ip, sizeof client->ip);
   mark_policy_changed(c);
 }
 
@@ -238,32 +183,38 @@ static void default_store_init(void) {
 static void use_default_store(sx_ctx *c) {
   if (!CRYPTO_THREAD_run_once(&default_store_once, default_store_init) || default_store == NULL ||
       !X509_STORE_up_ref(default_store)) {
-    SSL_CTX_set_default_verify_paths(c->ctx);   /* no shared store: load privately */
+    /* no shared store: load privately */
+    sx_trust_add_defaults(SSL_CTX_get_cert_store(c->ctx), c->trust_id, &c->trust_dirs);
     ERR_clear_error();
     return;
   }
   SSL_CTX_set_cert_store(c->ctx, default_store);   /* frees the empty store it had */
   c->store_shared = 1;
+  sx_trust_add_defaults(NULL, c->trust_id, &c->trust_dirs);
 }
 
-static void unshare_store(sx_ctx *c) {
-  X509_STORE *s;
-  if (!c->store_shared) return;
-  s = X509_STORE_new();
-  if (s == NULL) return;   /* keep the shared one; the caller's change then fails visibly */
-  X509_STORE_set_default_paths(s);
-  ERR_clear_error();
-  SSL_CTX_set_cert_store(c->ctx, s);
-  c->store_shared = 0;
+/* Copy on write: the process-wide default store, or one lent to connections, is changed in
+ * a copy, so that connections keep the trust they were made with.  NULL when out of memory. */
+static X509_STORE *writable_store(sx_ctx *c) {
+  if (c->store_shared || c->store_lent) {
+    X509_STORE *copy = sx_trust_copy(SSL_CTX_get_cert_store(c->ctx), c->trust_dirs);
+    if (copy == NULL) return NULL;
+    SSL_CTX_set_cert_store(c->ctx, copy);   /* drops the context's reference to the old one */
+    c->store_shared = c->store_lent = 0;
+  }
+  return SSL_CTX_get_cert_store(c->ctx);
 }
 
-static void trust_log_add(sx_ctx *c, const char *what, const char *s) {
-  sx_digest d;
-  sx_digest_init(&d);
-  sx_digest_update(&d, c->trust_log, 32);
-  sx_digest_update(&d, what, strlen(what) + 1);
-  if (s != NULL) sx_digest_update(&d, s, strlen(s) + 1);
-  sx_digest_final(&d, c->trust_log);
+int sx_ctx_lend_trust(sx_ctx *c, SSL *ssl) {
+  if (!SSL_set1_verify_cert_store(ssl, SSL_CTX_get_cert_store(c->ctx))) return 0;
+  c->store_lent = 1;
+  return 1;
+}
+
+static X509_STORE *writable_store_or_raise(lua_State *L, sx_ctx *c) {
+  X509_STORE *store = writable_store(c);
+  if (store == NULL) luaL_error(L, "out of memory");
+  return store;
 }
 
 static int add_crl_from(lua_State *L, sx_ctx *c, int idx, sx_where w) {
@@ -271,10 +222,11 @@ static int add_crl_from(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   X509_STORE *store;
   int i;
   if (crls == NULL) return 3;
-  unshare_store(c);
-  store = SSL_CTX_get_cert_store(c->ctx);
-  for (i = 0; i < sk_X509_CRL_num(crls); i++) X509_STORE_add_crl(store, sk_X509_CRL_value(crls, i));
+  store = writable_store(c);
+  for (i = 0; store != NULL && i < sk_X509_CRL_num(crls); i++)
+    sx_trust_add_crl(store, sk_X509_CRL_value(crls, i), c->trust_id);
   sk_X509_CRL_pop_free(crls, X509_CRL_free);
+  if (store == NULL) return luaL_error(L, "out of memory");
   ERR_clear_error();   /* a CRL already present is not a failure */
   if (!c->flags_explicit) X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(c->ctx), X509_V_FLAG_CRL_CHECK);
   mark_trust_changed(c);
@@ -319,14 +271,16 @@ static int check_trust_dirs(lua_State *L, const char *dirs) {
 }
 
 static int load_locations(lua_State *L, sx_ctx *c, const char *file, const char *dir) {
+  X509_STORE *store;
   if (dir != NULL && check_trust_dirs(L, dir) == 3) return 3;
-  unshare_store(c);
+  store = writable_store_or_raise(L, c);
   ERR_clear_error();
-  if (!SSL_CTX_load_verify_locations(c->ctx, file, dir)) {
+  if ((file != NULL && !sx_trust_add_file(store, file, c->trust_id)) ||
+      (dir != NULL && !sx_trust_add_dir(store, dir, c->trust_id, &c->trust_dirs))) {
     const char *what = file != NULL ? file : dir;
+    mark_trust_changed(c);   /* what was added counts */
     return sx_push_error(L, lua_pushfstring(L, "trust locations '%s'", what), "file");
   }
-  if (dir != NULL) trust_log_add(c, "dir", dir);
   mark_trust_changed(c);
   return 0;
 }
@@ -345,11 +299,11 @@ static int ctx_load_verify_locations(lua_State *L) {
 static int ctx_set_default_verify_paths(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
   check_trust_mutable(L, c);
-  unshare_store(c);
   ERR_clear_error();
-  if (!SSL_CTX_set_default_verify_paths(c->ctx))
+  if (!sx_trust_add_defaults(writable_store_or_raise(L, c), c->trust_id, &c->trust_dirs)) {
+    mark_trust_changed(c);
     return sx_push_error(L, "default trust paths", "file");
-  trust_log_add(c, "default", X509_get_default_cert_dir());
+  }
   mark_trust_changed(c);
   lua_pushboolean(L, 1);
   return 1;
@@ -362,13 +316,13 @@ static int add_ca_certs(lua_State *L, sx_ctx *c, int idx, int add_names, sx_wher
   X509_STORE *store;
   int i;
   if (certs == NULL) return 3;
-  unshare_store(c);
-  store = SSL_CTX_get_cert_store(c->ctx);
-  for (i = 0; i < sk_X509_num(certs); i++) {
-    X509_STORE_add_cert(store, sk_X509_value(certs, i));
+  store = writable_store(c);
+  for (i = 0; store != NULL && i < sk_X509_num(certs); i++) {
+    sx_trust_add_cert(store, sk_X509_value(certs, i), c->trust_id);
     if (add_names) SSL_CTX_add_client_CA(c->ctx, sk_X509_value(certs, i));
   }
   sk_X509_pop_free(certs, X509_free);
+  if (store == NULL) return luaL_error(L, "out of memory");
   ERR_clear_error();   /* duplicates are not failures */
   mark_trust_changed(c);
   return 0;
@@ -429,7 +383,6 @@ static int ctx_set_client_ca_list(lua_State *L) {
   check_trust_mutable(L, c);
   sx_where w = {2, NULL};
   if (set_client_ca(L, c, 2, w) == 3) return 3;
-  mark_trust_changed(c);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -948,9 +901,20 @@ static int ctx_set_session_id_context(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
+  sx_digest d;
+  unsigned char name[32];
+  int side;
   luaL_argcheck(L, len <= SSL_MAX_SID_CTX_LENGTH, 2, "session id context longer than 32 bytes");
-  SSL_CTX_set_session_id_context(c->ctx, (const unsigned char *)s, (unsigned)len);
-  c->sid_explicit = 1;
+  /* The name stands for the callbacks' share of the identity; the rest still counts. */
+  sx_digest_init(&d);
+  sx_digest_update(&d, "sslctx-callbacks-name", 22);
+  sx_digest_update(&d, s, len);
+  if (!sx_digest_final(&d, name)) return luaL_error(L, "out of memory");
+  for (side = SX_CLIENT; side <= SX_SERVER; side++) {
+    c->policy[side].cb_named = 1;
+    memcpy(c->policy[side].cb_name, name, sizeof name);
+  }
+  mark_policy_changed(c);
   return 0;
 }
 
@@ -1049,18 +1013,30 @@ typedef struct sni_call {
 } sni_call;
 
 /* Applies the new context's server policy to the connection: everything SSL_set_SSL_CTX does
- * not carry over itself (mode, callback, depth, parameters, session id context). */
+ * not carry over itself (mode, callback, depth, parameters, trust store, client-CA list),
+ * then the session id context of the connection's policy as it now is. */
 static void switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx) {
   SSL *ssl = conn->ssl;
   X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
-  sx_ctx_refresh_sid(L, nc);
+  int soft_fail = conn->policy.soft_fail;
+  STACK_OF(X509_NAME) *names = SSL_dup_CA_list(SSL_CTX_get_client_CA_list(nc->ctx));
+  if (names == NULL) luaL_error(L, "out of memory");
+  sx_ctx_refresh_sid(nc);
   SSL_set_SSL_CTX(ssl, nc->ctx);
+  SSL_set_client_CA_list(ssl, names);
+  if (!sx_ctx_lend_trust(nc, ssl)) luaL_error(L, "out of memory");
   conn->policy = nc->policy[SX_SERVER];
-  sx_apply_verify(ssl, &conn->policy, conn->soft_fail);
+  conn->policy.soft_fail = soft_fail;   /* the connection's own choice */
+  sx_apply_verify(ssl, &conn->policy);
   X509_VERIFY_PARAM_set_inh_flags(param, X509_VP_FLAG_OVERWRITE | X509_VP_FLAG_RESET_FLAGS);
   X509_VERIFY_PARAM_set1(param, SSL_CTX_get0_param(nc->ctx));
   X509_VERIFY_PARAM_set_inh_flags(param, 0);
   SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(nc->ctx));
+  SSL_set_security_level(ssl, SSL_CTX_get_security_level(nc->ctx));
+  conn->named = 0;       /* the new context's policy replaces whatever named the old one */
+  conn->switching = 1;   /* before session lookup: nothing to relabel */
+  sx_conn_policy_changed(L, conn);
+  conn->switching = 0;
   sx_getuv(L, nc_idx);
   lua_getfield(L, -1, "cb_server");
   lua_remove(L, -2);
@@ -1228,9 +1204,10 @@ static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
     lua_pop(L, 2);
   }
   if (opt(L, opts, "verify_depth")) {
-    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 100)
-      luaL_argerror(L, 1, "option 'verify_depth': an integer from 0 to 100 expected");
+    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > SX_MAX_DEPTH)
+      luaL_argerror(L, 1, "option 'verify_depth': an integer from 0 to 2^31-1 expected");
     SSL_CTX_set_verify_depth(c->ctx, (int)lua_tointeger(L, -1));
+    mark_policy_changed(c);
     lua_pop(L, 1);
   }
   if (opt(L, opts, "verify_params")) {
@@ -1337,7 +1314,7 @@ static int apply_material(lua_State *L, int obj, sx_ctx *c, int opts) {
   }
   if (!has_trust && c->side != SX_SERVER) {
     use_default_store(c);   /* clients verify against the system's roots */
-    trust_log_add(c, "default", X509_get_default_cert_dir());
+    mark_trust_changed(c);
   }
   if (opt(L, opts, "dh")) {
     sx_where w = {1, "dh"};

@@ -3,6 +3,7 @@
 #define SSLCTX_PRIVATE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -29,15 +30,30 @@ enum { SX_CB_NONE = 0, SX_CB_LUA, SX_CB_C };
 typedef struct sx_callback {
   int kind;           /* SX_CB_* */
   sx_verify_fn fn;    /* SX_CB_C: the native function */
-  const void *id;     /* identity for the session id context (function or pointer) */
   int wants_store;    /* SX_CB_LUA: the function can see a second argument */
+  int by_name;        /* a symbol: known by its name in every process */
+  uint64_t serial;    /* otherwise: never reused in this process (policy.c) */
+  unsigned char name_id[32];
 } sx_callback;
 
-/* The verification policy of one side: what a connection copies at creation. */
+/* The verification policy of one side (policy.c digests it): what a connection copies at
+ * creation and then changes on its own.  The X509_VERIFY_PARAM and the security level are
+ * read from the object itself. */
 typedef struct sx_policy {
   int mode;                        /* SSL_VERIFY_* bits */
+  int soft_fail;                   /* verification failures are recorded, not fatal */
   sx_callback cb;
-  unsigned char params_digest[32]; /* running digest of set_verify_params calls */
+  int cb_named;                    /* set_session_id_context named the callbacks' share */
+  unsigned char cb_name[32];
+  /* What set_verify_params set that OpenSSL cannot read back (flags, depth and hosts are
+   * read from the X509_VERIFY_PARAM itself): the identity depends on the state, never on the
+   * order of the calls that made it. */
+  int purpose;                     /* 0: none set */
+  int has_time;
+  int64_t time;
+  char ip[48];                     /* as given; "" for none */
+  unsigned char peer[32];          /* client: digest of the name it sends/checks; 0s: none */
+  unsigned char trust[32];         /* identity of the trust store in use (trust.c) */
 } sx_policy;
 
 /* ---- context ------------------------------------------------------------ */
@@ -48,22 +64,16 @@ typedef struct sx_ctx {
   int last_side;                /* side of the last set_verification_mode (for "both") */
   sx_policy policy[2];          /* indexed by SX_CLIENT / SX_SERVER */
   int flags_explicit;           /* verify_params{flags=} given: add_crl leaves crl_check alone */
-  unsigned long trust_gen;      /* bumped on every trust/CRL change */
-  int sid_explicit;             /* set_session_id_context was called */
-  int sid_dirty;                /* policy changed since the sid was derived */
-  unsigned long trust_digest_gen; /* trust_gen the digest below was computed at, +1 */
-  unsigned char trust_digest[32];
-  unsigned char trust_log[32];  /* running digest of trust directories added */
+  int sid_dirty;                /* policy changed since the server's sid was derived */
+  unsigned char trust_id[32];   /* identity of the trust store (trust.c) */
+  char *trust_dirs;             /* hashed directories in the store, ':'-separated */
+  int store_lent;               /* connections hold the current store: change a copy */
   unsigned char *alpn_select_wire;  /* server ALPN preference list (wire form), or NULL */
   size_t alpn_select_len;
   int post_handshake_auth;      /* client: offer TLS 1.3 post-handshake auth */
   int in_callback;              /* a callback of one of its connections is running */
   int store_shared;             /* trusts the process-wide default store (copy on write) */
   int params_identity;          /* verify params name a host or ip: clients need no hostname */
-  unsigned long client_gen;     /* bumped on every policy/trust change */
-  unsigned long memo_gen;       /* client_gen + 1 while the memo below is valid */
-  char memo_host[256];          /* hostname of the last client connection */
-  unsigned char memo_sid[32];   /* its session id context */
   /* uservalue fields: "cb_client", "cb_server" (as given), "fn_client", "fn_server" (Lua
    * functions), "password", "alpn_select", "servername", "session_cb" */
 } sx_ctx;
@@ -101,11 +111,17 @@ typedef struct sx_conn {
   const char *fatal;            /* the kind of the failure that ended it (NULL: none): no
                                    close_notify, driving calls repeat it */
   int retry_verify;             /* RETRY was asked for in this handshake */
-  int verify_pending_reject;    /* client "never": a callback failed, abort the handshake */
   int pha_requested;            /* verify_client_post_handshake was called */
   int input_ended;              /* memory transport: feed(nil) was called */
   int borrowed;                 /* someone else's SSL (hook.c): never driven or freed here */
-  int soft_fail;                /* verification failures are recorded, not fatal */
+  int named;                    /* set_policy / set_session_id_context named the policy */
+  int started;                  /* client: the handshake started (its session decided) */
+  int offered;                  /* client: a session was offered in this handshake */
+  int switching;                /* inside the servername callback's context switch */
+  int trust_unknown;            /* borrowed: its owner's store, not yet digested */
+  SSL_SESSION *offer;           /* client: opts.session, until the handshake starts */
+  unsigned char sid[32];        /* the session id context in force */
+  unsigned sid_len;
   X509 *first_peer;             /* the first handshake's peer certificate ("once") */
 } sx_conn;
 
@@ -186,12 +202,13 @@ int sx_parse_mode(lua_State *L, int idx, int side, sx_where w);
 void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb);
 int sx_push_mode(lua_State *L, int mode, int side);   /* flags, integer[, preset] */
 int sx_verify_trampoline(int ok, X509_STORE_CTX *store);
-void sx_apply_verify(SSL *ssl, const sx_policy *p, int soft_fail);
+void sx_apply_verify(SSL *ssl, const sx_policy *p);
 /* The owner's parameters, or NULL once it is closed (Lua code run while the table is read,
  * an __index or a finalizer, may close it: they are fetched only after). */
 typedef X509_VERIFY_PARAM *(*sx_param_getter)(void *owner);
 void sx_set_verify_params(lua_State *L, sx_param_getter get, void *owner, int idx, sx_where w,
-                          int *flags_explicit, int *identity, unsigned char digest[32]);
+                          int *flags_explicit, int *identity, sx_policy *pol);
+#define SX_MAX_DEPTH 2147483647   /* OpenSSL takes any non-negative int */
 /* Runs helper(data) protected on conn->L, the thread driving the connection, with the
  * OpenSSL error queue isolated.  Returns 1, or 0 when it failed: the first failure's message
  * stays on the stack for the driving call to report as "<name> callback: <message>". */
@@ -203,9 +220,30 @@ void sx_conn_push(lua_State *L, sx_conn *conn);
 
 void sx_context_open(lua_State *L);
 sx_ctx *sx_ctx_check(lua_State *L, int arg);
-void sx_ctx_policy_digest(lua_State *L, sx_ctx *c, const sx_policy *p, X509_VERIFY_PARAM *param,
-                          int side, const char *extra, unsigned char out[32]);
-void sx_ctx_refresh_sid(lua_State *L, sx_ctx *c);
+/* Lends the context's trust store to a new connection's SSL (copy on write afterwards). */
+int sx_ctx_lend_trust(sx_ctx *c, SSL *ssl);
+
+/* ---- policy.c: the verification policy's identity ----------------------- */
+
+void sx_callback_identify(lua_State *L, int idx, const void *pointer, sx_callback *cb);
+void sx_callback_name(const char *name, sx_callback *cb);
+void sx_policy_identity(const sx_policy *p, int side, X509_VERIFY_PARAM *param, int sec_level,
+                        unsigned char out[32]);
+void sx_policy_mix(unsigned char digest[32], const char *what, const void *p, size_t n);
+void sx_ctx_refresh_sid(sx_ctx *c);
+void sx_conn_policy_changed(lua_State *L, sx_conn *conn);
+void sx_conn_client_start(sx_conn *conn);
+void sx_conn_name_policy(sx_conn *conn, const unsigned char *sid, size_t len);
+
+/* ---- trust.c: trust stores and their identities ------------------------- */
+
+void sx_trust_add_cert(X509_STORE *store, X509 *x, unsigned char id[32]);
+void sx_trust_add_crl(X509_STORE *store, X509_CRL *crl, unsigned char id[32]);
+int sx_trust_add_file(X509_STORE *store, const char *path, unsigned char id[32]);
+int sx_trust_add_dir(X509_STORE *store, const char *dir, unsigned char id[32], char **dirs);
+int sx_trust_add_defaults(X509_STORE *store, unsigned char id[32], char **dirs);
+X509_STORE *sx_trust_copy(X509_STORE *from, const char *dirs);
+void sx_trust_digest_objects(X509_STORE *store, unsigned char id[32]);
 
 void sx_connection_open(lua_State *L);
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */

@@ -190,8 +190,8 @@ void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb) {
     return;
   case LUA_TFUNCTION:
     cb->kind = SX_CB_LUA;
-    cb->id = lua_topointer(L, idx);
     cb->wants_store = 1;
+    sx_callback_identify(L, idx, NULL, cb);
 #if LUA_VERSION_NUM >= 502
     {   /* fn(ok) never sees a store: none is made for it */
       lua_Debug ar;
@@ -206,12 +206,12 @@ void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb) {
     if (lua_touserdata(L, idx) == NULL) sx_where_error(L, w, "NULL function pointer");
     cb->kind = SX_CB_C;
     cb->fn = fn_from_pointer(lua_touserdata(L, idx));
-    cb->id = lua_touserdata(L, idx);
+    sx_callback_identify(L, idx, NULL, cb);
     return;
   case LUA_TSTRING:
     cb->kind = SX_CB_C;
     cb->fn = resolve_symbol(L, idx, w);
-    memcpy(&cb->id, &cb->fn, sizeof cb->id);
+    sx_callback_name(lua_tostring(L, idx), cb);
     return;
   default:
 #ifdef LUAJIT_VERSION_NUM
@@ -223,7 +223,7 @@ void sx_parse_callback(lua_State *L, int idx, sx_where w, sx_callback *cb) {
       if (payload == NULL || *payload == NULL) sx_where_error(L, w, "NULL function pointer");
       cb->kind = SX_CB_C;
       cb->fn = fn_from_pointer((void *)*payload);
-      cb->id = *payload;
+      sx_callback_identify(L, idx, *payload, cb);   /* the same serial as the pointer's */
       return;
     }
 #endif
@@ -237,10 +237,10 @@ int sslctx_cb_preverify(int ok, X509_STORE_CTX *store);
  * whatever callback there is, and a missing certificate is not fatal.  "No callback" installs
  * one that returns OpenSSL's verdict: SSL_set_verify ignores a NULL callback and would keep
  * the previous one (on nginx's SSL, nginx's own, which accepts everything). */
-void sx_apply_verify(SSL *ssl, const sx_policy *p, int soft_fail) {
+void sx_apply_verify(SSL *ssl, const sx_policy *p) {
   sx_verify_fn fn = sslctx_cb_preverify;
   int mode = p->mode;
-  if (soft_fail) {
+  if (p->soft_fail) {
     fn = sx_verify_trampoline;
     mode &= ~SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
   } else if (p->cb.kind == SX_CB_LUA) {
@@ -487,7 +487,7 @@ int sx_verify_trampoline(int ok, X509_STORE_CTX *store) {
     return 0;   /* the object is gone (its VM closed): fail closed */
   }
   verdict = run_callback(conn, ssl, ok, store);
-  if (conn->soft_fail && !conn->cb_failed) {   /* a callback's error still fails closed */
+  if (conn->policy.soft_fail && !conn->cb_failed) {   /* a callback's error still fails closed */
     if (!verdict && X509_STORE_CTX_get_error(store) == X509_V_OK)
       X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
     return 1;   /* the verdict stays recorded for the request phase to judge */
@@ -543,23 +543,17 @@ static void check_param_keys(lua_State *L, int idx, sx_where w) {
   }
 }
 
-static void mix_param(sx_digest *d, const char *key, const void *p, size_t n) {
-  sx_digest_update(d, key, strlen(key) + 1);
-  sx_digest_update(d, p, n);
-}
-
 /* Applies {time=, flags=, purpose=, depth=, host=, ip=} to the owner's parameters, all
  * validated before any is applied, and folds them into digest (part of the session id
  * context).  *identity is set when a host or ip was given. */
 void sx_set_verify_params(lua_State *L, sx_param_getter get, void *owner, int idx, sx_where w,
-                          int *flags_explicit, int *identity, unsigned char digest[32]) {
+                          int *flags_explicit, int *identity, sx_policy *pol) {
   X509_VERIFY_PARAM *param;
   lua_Integer when = 0, depth = -1;
   int has_time, has_flags, purpose = -1;
   unsigned long flags = 0;
   size_t hostlen = 0;
   const char *host = NULL, *ip = NULL;
-  sx_digest sha;
   idx = lua_absindex(L, idx);
   if (!lua_istable(L, idx)) sx_where_typeerror(L, w, idx, "table");
   check_param_keys(L, idx, w);
@@ -579,8 +573,8 @@ void sx_set_verify_params(lua_State *L, sx_param_getter get, void *owner, int id
   }
   lua_getfield(L, idx, "depth");
   if (!lua_isnil(L, -1)) {
-    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 100)
-      sx_where_error(L, w, "depth must be an integer from 0 to 100");
+    if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > SX_MAX_DEPTH)
+      sx_where_error(L, w, "depth must be an integer from 0 to 2^31-1");
     depth = lua_tointeger(L, -1);
   }
   lua_getfield(L, idx, "host");
@@ -600,11 +594,10 @@ void sx_set_verify_params(lua_State *L, sx_param_getter get, void *owner, int id
   param = get(owner);
   if (param == NULL) luaL_argerror(L, 1, "closed while the parameters were read");
   if (identity != NULL && (host != NULL || ip != NULL)) *identity = 1;
-  sx_digest_init(&sha);
-  sx_digest_update(&sha, digest, 32);
   if (has_time) {
     X509_VERIFY_PARAM_set_time(param, (time_t)when);
-    mix_param(&sha, "time", &when, sizeof when);
+    pol->has_time = 1;
+    pol->time = (int64_t)when;
   }
   if (has_flags) {
     unsigned long managed = 0;
@@ -613,25 +606,18 @@ void sx_set_verify_params(lua_State *L, sx_param_getter get, void *owner, int id
     X509_VERIFY_PARAM_clear_flags(param, managed);
     if (flags != 0) X509_VERIFY_PARAM_set_flags(param, flags);
     if (flags_explicit != NULL) *flags_explicit = 1;
-    mix_param(&sha, "flags", &flags, sizeof flags);
   }
   if (purpose >= 0) {
     X509_VERIFY_PARAM_set_purpose(param, purpose);
-    mix_param(&sha, "purpose", &purpose, sizeof purpose);
+    pol->purpose = purpose;
   }
-  if (depth >= 0) {
-    X509_VERIFY_PARAM_set_depth(param, (int)depth);
-    mix_param(&sha, "depth", &depth, sizeof depth);
-  }
-  if (host != NULL) {
-    X509_VERIFY_PARAM_set1_host(param, host, hostlen);
-    mix_param(&sha, "host", host, hostlen);
-  }
+  if (depth >= 0) X509_VERIFY_PARAM_set_depth(param, (int)depth);
+  if (host != NULL) X509_VERIFY_PARAM_set1_host(param, host, hostlen);
   if (ip != NULL) {
     X509_VERIFY_PARAM_set1_ip_asc(param, ip);
-    mix_param(&sha, "ip", ip, strlen(ip));
+    memset(pol->ip, 0, sizeof pol->ip);
+    strncpy(pol->ip, ip, sizeof pol->ip - 1);   /* an IP literal is at most 45 bytes */
   }
-  sx_digest_final(&sha, digest);
   lua_pop(L, 6);
 }
 

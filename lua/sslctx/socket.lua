@@ -138,8 +138,31 @@ end
 local ADAPTER_KEYS = { ctx = true, timeout = true, reuse_session = true }
 
 -- A verify callback that only records OpenSSL's errors by depth (LuaSec's
--- getpeerverification shape) and keeps every verdict.  Client side only: on a server
--- connection a per-connection callback would give it its own session id context.
+-- getpeerverification shape) and keeps every verdict.  Client side only.  One function per
+-- context, so that every connection of a context has the same verification policy and
+-- resumes the others' sessions (a callback is part of the policy's identity).
+local recorders = setmetatable({}, { __mode = "k" })   -- ctx -> recorder
+local recorded = setmetatable({}, { __mode = "k" })    -- conn -> errors by depth
+
+local function recorder_for(ctx)
+  local fn = recorders[ctx]
+  if not fn then
+    fn = function(pre, store)
+      if pre then return nil end
+      local errs = recorded[store:connection()]
+      if errs then
+        local d = store:depth() + 1
+        local list = errs[d]
+        if not list then list = {}; errs[d] = list end
+        list[#list + 1] = store:error_string()
+      end
+      return nil
+    end
+    recorders[ctx] = fn
+  end
+  return fn
+end
+
 local function install_recorder(self)
   local conn = self.conn
   if self.side ~= "client" then return end
@@ -147,14 +170,8 @@ local function install_recorder(self)
   if not ok or cb ~= nil then return end
   local errs = {}
   self.verify_errors = errs
-  pcall(conn.set_verification_mode, conn, "client", int, function(pre, store)
-    if not pre then
-      local d = store:depth() + 1
-      local list = errs[d]
-      if not list then list = {}; errs[d] = list end
-      list[#list + 1] = store:error_string()
-    end
-  end)
+  recorded[conn] = errs
+  pcall(conn.set_verification_mode, conn, "client", int, recorder_for(self.ctx))
 end
 
 function Stream:_create_conn()
