@@ -122,6 +122,17 @@ static int conn_gc(lua_State *L) {
   return 0;
 }
 
+/* __close runs on a reachable object, from anywhere: a coroutine closed from inside one of
+ * the connection's own callbacks closes its <close> variables while the handshake that runs
+ * the callback still uses the SSL.  It waits, as close() does, and never raises. */
+static int conn_close_meta(lua_State *L) {
+  sx_conn *conn = conn_check_any(L, 1);
+  if (conn->ssl == NULL || conn->borrowed) return 0;   /* a borrowed SSL is its owner's */
+  if (conn->busy > 0 || conn->in_callback) conn->close_asked = 1;
+  else close_now(L, conn, 1, 1);
+  return 0;
+}
+
 static int conn_close(lua_State *L) {
   sx_conn *conn = conn_check_any(L, 1);
   if (conn->borrowed && conn->ssl != NULL)
@@ -504,6 +515,13 @@ static int conn_feed(lua_State *L) {
   if (take > 0 && BIO_write(conn->rbio, s, (int)take) != (int)take)
     return luaL_error(L, "out of memory");
   lua_pushinteger(L, (lua_Integer)take);
+  if (take == 0 && len > 0) {   /* nothing lost: the caller still holds every byte */
+    size_t waiting = BIO_ctrl_pending(conn->rbio);
+    lua_pushfstring(L, "input buffer full (%d bytes waiting, buffer_limit %d): call handshake() "
+                       "or read() before feeding more", (int)(waiting > INT_MAX ? INT_MAX : waiting),
+                    (int)(conn->buffer_limit > INT_MAX ? INT_MAX : conn->buffer_limit));
+    return 2;
+  }
   return 1;
 }
 
@@ -904,6 +922,25 @@ static int conn_is_borrowed(lua_State *L) {
   return 1;
 }
 
+/* Copy on write of a context's client-CA list: OpenSSL reads the context's list at the time
+ * of each certificate request of a connection that has none of its own. */
+void sx_conn_pin_client_ca(lua_State *L, SSL_CTX *ctx) {
+  STACK_OF(X509_NAME) *list = SSL_CTX_get_client_CA_list(ctx);
+  sx_objects_push_all(L);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    sx_conn *conn = (sx_conn *)luaL_testudata(L, -1, SX_CONN_MT);
+    if (conn != NULL && conn->ssl != NULL && !conn->borrowed && conn->side == SX_SERVER &&
+        SSL_get_SSL_CTX(conn->ssl) == ctx && SSL_get_client_CA_list(conn->ssl) == list) {
+      STACK_OF(X509_NAME) *copy = SSL_dup_CA_list(list);
+      if (copy == NULL) luaL_error(L, "out of memory");   /* nothing changed yet */
+      SSL_set_client_CA_list(conn->ssl, copy);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 /* ---- creation ----------------------------------------------------------- */
 
 /* Pushes a connection object over someone else's SSL (hook.c keeps it anchored). */
@@ -992,9 +1029,12 @@ static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts, int 
   *close_transport = lua_isnil(L, -1) || lua_toboolean(L, -1);
   lua_pop(L, 1);
   lua_getfield(L, opts, "buffer_limit");
-  if (!lua_isnil(L, -1)) {
+  conn->buffer_limit = conn->transport == SX_T_MEMORY ? SX_DEFAULT_BUFFER_LIMIT : 0;
+  if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+    conn->buffer_limit = 0;   /* false: no limit */
+  } else if (!lua_isnil(L, -1)) {
     if (!sx_isintegral(L, -1) || lua_tointeger(L, -1) < 1)
-      luaL_argerror(L, 2, "option 'buffer_limit': a positive integer expected");
+      luaL_argerror(L, 2, "option 'buffer_limit': a positive integer or false expected");
     if (conn->transport != SX_T_MEMORY)
       luaL_argerror(L, 2, "option 'buffer_limit' is for the memory transport");
     conn->buffer_limit = (size_t)lua_tointeger(L, -1);
@@ -1047,9 +1087,7 @@ static void setup_hostname(lua_State *L, sx_conn *conn, sx_ctx *c, int opts,
   *hostname = lua_tostring(L, -1);
   if (strlen(*hostname) != lua_rawlen(L, -1))
     luaL_argerror(L, 2, "option 'hostname': must not contain a NUL byte");
-  /* the name checked (or only sent) is part of the client's policy */
-  sx_policy_mix(conn->policy.peer, verify_hostname ? "checked" : "unchecked", *hostname,
-                lua_rawlen(L, -1));
+  sx_conn_set_peer(c, conn, *hostname, lua_rawlen(L, -1), verify_hostname);
   if (sx_is_ip_literal(*hostname)) {
     if (verify_hostname && !X509_VERIFY_PARAM_set1_ip_asc(param, *hostname))
       luaL_argerror(L, 2, "option 'hostname': invalid IP address");
@@ -1135,11 +1173,8 @@ int sx_connection_new(lua_State *L) {
   /* The connection keeps the context's trust and client-CA list as they are now: later
    * changes to the context affect later connections only. */
   if (!sx_ctx_lend_trust(c, conn->ssl)) luaL_error(L, "out of memory");
-  if (side == SX_SERVER && sk_X509_NAME_num(SSL_CTX_get_client_CA_list(c->ctx)) > 0) {
-    STACK_OF(X509_NAME) *names = SSL_dup_CA_list(SSL_CTX_get_client_CA_list(c->ctx));
-    if (names == NULL) luaL_error(L, "out of memory");
-    SSL_set_client_CA_list(conn->ssl, names);
-  }
+  if (side == SX_SERVER) c->names_lent = 1;   /* pinned when the context changes it */
+  conn->ctx_gen = c->policy_gen;
   if (side == SX_CLIENT) SSL_set_connect_state(conn->ssl);
   else SSL_set_accept_state(conn->ssl);
   sx_apply_verify(conn->ssl, &conn->policy);
@@ -1148,6 +1183,7 @@ int sx_connection_new(lua_State *L) {
   take_client_session(L, conn, opts);
   conn->close_transport = close_transport;
   lua_settop(L, obj);
+  sx_gc_native(L, SX_CONN_NATIVE_KB);
   return 1;
 }
 
@@ -1192,7 +1228,7 @@ void sx_connection_open(lua_State *L) {
   };
   static const luaL_Reg meta[] = {
     {"__gc", conn_gc},
-    {"__close", conn_gc},
+    {"__close", conn_close_meta},
     {"__tostring", conn_tostring},
     {NULL, NULL}
   };

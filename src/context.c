@@ -19,20 +19,23 @@ sx_ctx *sx_ctx_check(lua_State *L, int arg) {
   return c;
 }
 
-/* One idempotent release for close(), __gc and __close. */
+/* One idempotent release for close(), __close and __gc: the context takes no new work.
+ * Connections made from it hold the SSL_CTX and this object (their context slots) to their
+ * end, so what their callbacks read through it stays: the SSL_CTX's pointer back here, the
+ * uservalue's callbacks and the ALPN list, until the collector takes the object. */
 static void ctx_release(sx_ctx *c) {
   if (c->ctx == NULL) return;
-  SSL_CTX_set_ex_data(c->ctx, sx_ctx_ex_index, NULL);
   SSL_CTX_free(c->ctx);   /* connections hold their own references */
   c->ctx = NULL;
-  OPENSSL_free(c->alpn_select_wire);
-  c->alpn_select_wire = NULL;
   OPENSSL_free(c->trust_dirs);
   c->trust_dirs = NULL;
 }
 
 static int ctx_gc(lua_State *L) {
-  ctx_release(ctx_check_any(L, 1));
+  sx_ctx *c = ctx_check_any(L, 1);
+  ctx_release(c);
+  OPENSSL_free(c->alpn_select_wire);   /* no connection is left to select with it */
+  c->alpn_select_wire = NULL;
   return 0;
 }
 
@@ -65,6 +68,14 @@ static void uv_get(lua_State *L, int obj, const char *field) {
 
 static void mark_policy_changed(sx_ctx *c) {
   c->sid_dirty = 1;
+  c->policy_gen++;
+}
+
+/* Before the context's client-CA list changes: its connections keep the one they have. */
+static void pin_names(lua_State *L, sx_ctx *c) {
+  if (!c->names_lent) return;
+  sx_conn_pin_client_ca(L, c->ctx);
+  c->names_lent = 0;
 }
 
 /* A verification in progress holds the trust store without a reference: changing the store
@@ -77,7 +88,7 @@ static void check_trust_mutable(lua_State *L, sx_ctx *c) {
 static void mark_trust_changed(sx_ctx *c) {
   memcpy(c->policy[SX_CLIENT].trust, c->trust_id, 32);
   memcpy(c->policy[SX_SERVER].trust, c->trust_id, 32);
-  c->sid_dirty = 1;
+  mark_policy_changed(c);
 }
 
 /* ---- verification ------------------------------------------------------- */
@@ -317,6 +328,7 @@ static int add_ca_certs(lua_State *L, sx_ctx *c, int idx, int add_names, sx_wher
   int i;
   if (certs == NULL) return 3;
   store = writable_store(c);
+  if (add_names) pin_names(L, c);
   for (i = 0; store != NULL && i < sk_X509_num(certs); i++) {
     sx_trust_add_cert(store, sk_X509_value(certs, i), c->trust_id);
     if (add_names) SSL_CTX_add_client_CA(c->ctx, sk_X509_value(certs, i));
@@ -334,6 +346,7 @@ static int set_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   int i, n;
   idx = lua_absindex(L, idx);
   if (lua_type(L, idx) == LUA_TBOOLEAN && !lua_toboolean(L, idx)) {
+    pin_names(L, c);
     SSL_CTX_set_client_CA_list(c->ctx, sk_X509_NAME_new_null());
     return 0;
   }
@@ -356,6 +369,7 @@ static int set_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
                                                      "expected, got %s", i, luaL_typename(L, -1)));
     lua_pop(L, 1);
   }
+  pin_names(L, c);   /* may raise: before the new list is allocated */
   names = sk_X509_NAME_new_null();
   if (names == NULL) return luaL_error(L, "out of memory");
   for (i = 1; i <= n; i++) {
@@ -801,6 +815,18 @@ static int ctx_set_alpn(lua_State *L) {
   return 0;
 }
 
+/* Pushes field of the uservalue of the context the connection now uses, reached through the
+ * connection's slot: it outlives ctx:close(), so the callbacks of connections made before a
+ * close keep working to their end.  Inside a protected helper. */
+static void push_conn_ctx_field(lua_State *L, sx_conn *conn, const char *field) {
+  sx_conn_push(L, conn);
+  sx_getslot(L, -1, SX_SLOT_CTX);
+  sx_getuv(L, -1);
+  lua_getfield(L, -1, field);
+  lua_replace(L, -4);
+  lua_pop(L, 2);
+}
+
 typedef struct alpn_call {
   sx_conn *conn;
   const unsigned char *in;
@@ -811,15 +837,11 @@ typedef struct alpn_call {
 
 static int alpn_select_helper(lua_State *L) {
   alpn_call *ac = (alpn_call *)lua_touserdata(L, 1);
-  SSL *ssl = ac->conn->ssl;
-  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), sx_ctx_ex_index);
   unsigned int i;
   int n = 0;
   size_t len;
   const char *chosen;
-  if (c == NULL || !sx_objects_push(L, c)) return luaL_error(L, "context is closed");
-  sx_getuv(L, -1);
-  lua_getfield(L, -1, "alpn_select");
+  push_conn_ctx_field(L, ac->conn, "alpn_select");
   lua_newtable(L);
   for (i = 0; i < ac->inlen && i + 1 + ac->in[i] <= ac->inlen; i += 1u + ac->in[i]) {
     lua_pushlstring(L, (const char *)ac->in + i + 1, ac->in[i]);
@@ -925,10 +947,7 @@ typedef struct session_call {
 
 static int session_helper(lua_State *L) {
   session_call *sc = (session_call *)lua_touserdata(L, 1);
-  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(sc->conn->ssl), sx_ctx_ex_index);
-  if (c == NULL || !sx_objects_push(L, c)) return luaL_error(L, "context is closed");
-  sx_getuv(L, -1);
-  lua_getfield(L, -1, "session_cb");
+  push_conn_ctx_field(L, sc->conn, "session_cb");
   if (lua_isnil(L, -1)) return 0;
   sx_objects_push(L, sc->conn);
   sx_session_push(L, sc->session);
@@ -1019,11 +1038,10 @@ static void switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx) 
   SSL *ssl = conn->ssl;
   X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
   int soft_fail = conn->policy.soft_fail;
-  STACK_OF(X509_NAME) *names = SSL_dup_CA_list(SSL_CTX_get_client_CA_list(nc->ctx));
-  if (names == NULL) luaL_error(L, "out of memory");
   sx_ctx_refresh_sid(nc);
   SSL_set_SSL_CTX(ssl, nc->ctx);
-  SSL_set_client_CA_list(ssl, names);
+  SSL_set_client_CA_list(ssl, NULL);   /* the new context's, pinned if it changes */
+  nc->names_lent = 1;
   if (!sx_ctx_lend_trust(nc, ssl)) luaL_error(L, "out of memory");
   conn->policy = nc->policy[SX_SERVER];
   conn->policy.soft_fail = soft_fail;   /* the connection's own choice */
@@ -1050,19 +1068,17 @@ static void switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx) 
 
 static int sni_helper(lua_State *L) {
   sni_call *sc = (sni_call *)lua_touserdata(L, 1);
-  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(sc->conn->ssl), sx_ctx_ex_index);
   sx_ctx *nc;
-  if (c == NULL || !sx_objects_push(L, c)) return luaL_error(L, "context is closed");
-  sx_getuv(L, -1);
-  lua_getfield(L, -1, "servername");
+  sx_conn_push(L, sc->conn);
+  sx_getslot(L, -1, SX_SLOT_CTX);   /* the current context, closed or not */
+  push_conn_ctx_field(L, sc->conn, "servername");
   if (sc->name != NULL) lua_pushlstring(L, (const char *)sc->name, sc->len);
   else lua_pushnil(L);
   lua_call(L, 1, 1);
-  if (lua_isnil(L, -1)) return 0;
+  if (lua_isnil(L, -1) || lua_rawequal(L, -1, -2)) return 0;
   nc = (sx_ctx *)luaL_testudata(L, -1, SX_CTX_MT);
   if (nc == NULL) return luaL_error(L, "returned a %s; expected a context or nil", luaL_typename(L, -1));
   if (nc->ctx == NULL) return luaL_error(L, "returned a closed context");
-  if (nc == c) return 0;
   switch_context(L, sc->conn, nc, lua_gettop(L));
   return 0;
 }
@@ -1106,7 +1122,7 @@ static const char *const option_names[] = {
   "side", "verify", "verify_callback", "verify_depth", "ca_file", "ca_path", "ca", "client_ca",
   "certificate", "key", "password", "min_version", "max_version", "security_level", "ciphers",
   "ciphersuites", "groups", "alpn", "options", "post_handshake_auth", "session_cache_size",
-  "session_tickets", "dh", "verify_params", NULL
+  "session_tickets", "dh", "verify_params", "release_buffers", NULL
 };
 
 static void check_option_names(lua_State *L, int opts) {
@@ -1151,7 +1167,10 @@ static sx_ctx *ctx_create(lua_State *L, int side) {
   SSL_CTX_set_ex_data(c->ctx, sx_ctx_ex_index, c);
   sx_objects_set(L, c, -1);
   SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
-  SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  /* Idle connections give their read and write buffers back (as nginx, LuaSec and Python's
+   * ssl do): option release_buffers = false keeps them. */
+  SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                           SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_clear_options(c->ctx, SSL_OP_ALLOW_CLIENT_RENEGOTIATION);
   SSL_CTX_set_verify(c->ctx, c->policy[side == SX_CLIENT ? SX_CLIENT : SX_SERVER].mode, NULL);
   return c;
@@ -1272,6 +1291,12 @@ static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
     else SSL_CTX_set_options(c->ctx, SSL_OP_NO_TICKET);
     lua_pop(L, 1);
   }
+  if (opt(L, opts, "release_buffers")) {
+    if (!lua_isboolean(L, -1)) luaL_argerror(L, 1, "option 'release_buffers': boolean expected");
+    if (lua_toboolean(L, -1)) SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
+    else SSL_CTX_clear_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
+    lua_pop(L, 1);
+  }
   if (opt(L, opts, "password")) {
     sx_where w = {1, "password"};
     check_password_value(L, -1, w);
@@ -1358,6 +1383,7 @@ int sx_context_new(lua_State *L) {
     return 3;
   }
   lua_settop(L, obj);
+  sx_gc_native(L, SX_CTX_NATIVE_KB);
   return 1;
 }
 
@@ -1402,7 +1428,7 @@ void sx_context_open(lua_State *L) {
   };
   static const luaL_Reg meta[] = {
     {"__gc", ctx_gc},
-    {"__close", ctx_gc},
+    {"__close", ctx_close},
     {"__tostring", ctx_tostring},
     {NULL, NULL}
   };

@@ -83,6 +83,10 @@ void sx_objects_set(lua_State *L, const void *p, int idx) {
   lua_pop(L, 1);
 }
 
+void sx_objects_push_all(lua_State *L) {
+  objects_push_table(L);
+}
+
 int sx_objects_push(lua_State *L, const void *p) {
   objects_push_table(L);
   lua_rawgetp(L, -1, p);
@@ -324,6 +328,18 @@ int luaopen_sslctx_core(lua_State *L) {
   lua_pushliteral(L, "sslctx 0.1.0");
   lua_setfield(L, -2, "_VERSION");
   return 1;
+}
+
+/* ---- the collector and OpenSSL's memory ---------------------------------- */
+
+/* A collector step as if kb KB had been allocated: programs that drop objects without
+ * close() then collect them at the pace of the memory they really hold.  A collector the
+ * program stopped stays stopped (5.4's step would run it regardless). */
+void sx_gc_native(lua_State *L, int kb) {
+#if LUA_VERSION_NUM >= 502
+  if (!lua_gc(L, LUA_GCISRUNNING, 0)) return;
+#endif
+  lua_gc(L, LUA_GCSTEP, kb);
 }
 
 /* ---- digests ------------------------------------------------------------ */

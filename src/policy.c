@@ -204,6 +204,7 @@ static int same_sid(SSL_SESSION *s, const unsigned char *sid, unsigned int len) 
 void sx_conn_policy_changed(lua_State *L, sx_conn *conn) {
   unsigned char sid[32];
   SSL_SESSION *s;
+  conn->custom = 1;
   if (conn->named) return;
   if (conn->side == SX_CLIENT && !conn->started) return;
   conn_identity(conn, sid);
@@ -228,12 +229,48 @@ void sx_conn_policy_changed(lua_State *L, sx_conn *conn) {
   }
 }
 
+/* The name a client checks (or only sends) is part of its policy.  Most connections of a
+ * context go to the same name: its digest is kept on the context. */
+void sx_conn_set_peer(sx_ctx *c, sx_conn *conn, const char *host, size_t len, int checked) {
+  if (c->memo_host[0] != '\0' && c->memo_checked == checked && len < sizeof c->memo_host &&
+      memcmp(c->memo_host, host, len + 1) == 0) {
+    memcpy(conn->policy.peer, c->memo_peer, sizeof conn->policy.peer);
+    return;
+  }
+  memset(conn->policy.peer, 0, sizeof conn->policy.peer);
+  sx_policy_mix(conn->policy.peer, checked ? "checked" : "unchecked", host, len);
+  if (len < sizeof c->memo_host) {
+    memcpy(c->memo_host, host, len + 1);
+    c->memo_checked = checked;
+    memcpy(c->memo_peer, conn->policy.peer, sizeof c->memo_peer);
+    c->memo_gen = 0;   /* the identity memo was for another name */
+  }
+}
+
+/* A connection that changed nothing of its own since its context's policy was last changed
+ * has the identity the context computed for the last connection with the same name. */
+static void client_identity(sx_conn *conn, unsigned char sid[32]) {
+  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(conn->ssl), sx_ctx_ex_index);
+  int pristine = c != NULL && !conn->custom && conn->ctx_gen == c->policy_gen;
+  if (pristine && c->memo_gen == c->policy_gen + 1 &&
+      memcmp(c->memo_peer, conn->policy.peer, sizeof c->memo_peer) == 0) {
+    memcpy(sid, c->memo_sid, 32);
+    return;
+  }
+  conn_identity(conn, sid);
+  if (pristine && c->memo_host[0] != '\0' &&
+      memcmp(c->memo_peer, conn->policy.peer, sizeof c->memo_peer) == 0) {
+    memcpy(c->memo_sid, sid, 32);
+    c->memo_gen = c->policy_gen + 1;
+  }
+}
+
 /* A client's handshake starts: its id context is the policy's digest now, and the session
  * given with opts.session is offered only if it was made under an equal policy. */
 void sx_conn_client_start(sx_conn *conn) {
   conn->started = 1;
   if (!conn->named) {
-    conn_identity(conn, conn->sid);
+    client_identity(conn, conn->sid);
     conn->sid_len = sizeof conn->sid;
     SSL_set_session_id_context(conn->ssl, conn->sid, conn->sid_len);
   }

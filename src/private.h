@@ -68,6 +68,15 @@ typedef struct sx_ctx {
   unsigned char trust_id[32];   /* identity of the trust store (trust.c) */
   char *trust_dirs;             /* hashed directories in the store, ':'-separated */
   int store_lent;               /* connections hold the current store: change a copy */
+  int names_lent;               /* server connections read the client-CA list: pin it first */
+  unsigned long policy_gen;     /* bumped on every change of the policy or trust */
+  /* A client's identity is the same for every connection with the same name and no change
+   * of its own: the last one computed is kept (policy.c). */
+  char memo_host[256];
+  int memo_checked;
+  unsigned char memo_peer[32];  /* digest of memo_host (valid while memo_host[0]) */
+  unsigned long memo_gen;       /* policy_gen + 1 while memo_sid is valid */
+  unsigned char memo_sid[32];   /* the identity of a connection with memo_peer */
   unsigned char *alpn_select_wire;  /* server ALPN preference list (wire form), or NULL */
   size_t alpn_select_len;
   int post_handshake_auth;      /* client: offer TLS 1.3 post-handshake auth */
@@ -119,11 +128,22 @@ typedef struct sx_conn {
   int offered;                  /* client: a session was offered in this handshake */
   int switching;                /* inside the servername callback's context switch */
   int trust_unknown;            /* borrowed: its owner's store, not yet digested */
+  int custom;                   /* its policy changed since it was made */
+  unsigned long ctx_gen;        /* its context's policy_gen when it was made */
   SSL_SESSION *offer;           /* client: opts.session, until the handshake starts */
   unsigned char sid[32];        /* the session id context in force */
   unsigned sid_len;
   X509 *first_peer;             /* the first handshake's peer certificate ("once") */
 } sx_conn;
+
+/* Memory transport: what feed() takes and write() queues by default (buffer_limit). */
+#define SX_DEFAULT_BUFFER_LIMIT (256 * 1024)
+
+/* The collector sees a few hundred bytes of userdata for an object that holds tens of KB in
+ * OpenSSL: each new one also counts this estimate towards the collector's pacing. */
+#define SX_CONN_NATIVE_KB 32
+#define SX_CTX_NATIVE_KB 64
+void sx_gc_native(lua_State *L, int kb);
 
 /* ---- shared helpers (core.c) ------------------------------------------- */
 
@@ -136,6 +156,7 @@ void sx_register_class(lua_State *L, const char *name, const luaL_Reg *methods,
                        const luaL_Reg *metamethods);
 void sx_objects_set(lua_State *L, const void *p, int idx);  /* weak map pointer -> object */
 int sx_objects_push(lua_State *L, const void *p);            /* pushes object or nil; 1 if found */
+void sx_objects_push_all(lua_State *L);                      /* pushes the weak map itself */
 /* Pushes nil, message, kind; message = prefix ": " + the drained OpenSSL error queue. */
 int sx_push_error(lua_State *L, const char *prefix, const char *kind);
 /* Appends the drained error queue to the buffer (", "-separated). */
@@ -234,6 +255,10 @@ void sx_ctx_refresh_sid(sx_ctx *c);
 void sx_conn_policy_changed(lua_State *L, sx_conn *conn);
 void sx_conn_client_start(sx_conn *conn);
 void sx_conn_name_policy(sx_conn *conn, const unsigned char *sid, size_t len);
+void sx_conn_set_peer(sx_ctx *c, sx_conn *conn, const char *host, size_t len, int checked);
+/* Gives every open server connection of ctx that reads the context's client-CA list a copy
+ * of its own, before the context changes it (connection.c). */
+void sx_conn_pin_client_ca(lua_State *L, SSL_CTX *ctx);
 
 /* ---- trust.c: trust stores and their identities ------------------------- */
 
