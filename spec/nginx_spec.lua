@@ -1,4 +1,4 @@
--- spec/nginx_spec.lua: sslctx.ngx (API.md §5) inside a real nginx with the lua module.
+-- spec/nginx_spec.lua: sslctx.ngx (doc/openresty.md) inside a real nginx with the lua module.
 --
 -- Runs under any interpreter: nginx runs the module's LuaJIT build, and this file drives it
 -- from outside with curl and `openssl s_client`.  nginx listens on 127.0.0.1 ports picked

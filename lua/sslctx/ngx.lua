@@ -1,4 +1,4 @@
---- sslctx.ngx: OpenResty integration (API.md §5).
+--- sslctx.ngx: OpenResty integration (doc/reference.md, doc/openresty.md).
 --
 -- Client:  sngx.connect(sock, ctx [, opts]) -> stream | nil, message, kind
 --          TLS over a connected ngx.socket.tcp cosocket, through the memory transport.
@@ -682,8 +682,8 @@ end
 local VERIFY_OPTS = { ca_file = true, ca = true, soft_fail = true, depth = true, params = true,
                       logger = true }
 
---- In ssl_certificate_by_lua*: a server-side verification mode (API.md §1) and callback for
--- nginx's downstream connection.  opts: ca_file / ca (this connection's own trust store and
+--- In ssl_certificate_by_lua*: a server-side verification mode (doc/reference.md,
+-- "Verification modes") and callback for nginx's downstream connection.  opts: ca_file / ca (this connection's own trust store and
 -- CA names; default: the server block's), soft_fail, depth, params (set_verify_params),
 -- logger (default: ngx.log at ERR).  -> true | nil, message
 function M.set_verification_mode(mode, callback, opts)
