@@ -683,9 +683,10 @@ local VERIFY_OPTS = { ca_file = true, ca = true, soft_fail = true, depth = true,
                       logger = true }
 
 --- In ssl_certificate_by_lua*: a server-side verification mode (doc/reference.md,
--- "Verification modes") and callback for nginx's downstream connection.  opts: ca_file / ca (this connection's own trust store and
--- CA names; default: the server block's), soft_fail, depth, params (set_verify_params),
--- logger (default: ngx.log at ERR).  -> true | nil, message
+-- "Verification modes") and callback for nginx's downstream connection.  opts: ca_file / ca
+-- (this connection's own trust store and CA names; default: the server block's), soft_fail,
+-- depth, params (set_verify_params), logger (default: ngx.log at ERR).
+-- -> true | nil, message
 function M.set_verification_mode(mode, callback, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #3 to 'set_verification_mode' (table expected, got " .. type(opts) .. ")", 2)
