@@ -241,8 +241,10 @@ end
 -- The handshake, bounded as a whole by self.hs_ms (nil: no deadline) on top of the
 -- socket's per-wait timeouts, which are restored afterwards.
 local function handshake(self)
-  if not self.hs_ms then return drive(self, self.conn.handshake) end
   local ngx = ngx_env()
+  if not self.hs_ms or ngx == nil or type(self.sock.settimeouts) ~= "function" then
+    return drive(self, self.conn.handshake)   -- (not a cosocket: no deadline to keep)
+  end
   ngx.update_time()
   self.deadline = ngx.now() + self.hs_ms / 1000
   self.timeouts = timeouts[self.sock] or { 0, 0, 0 }
