@@ -1,4 +1,4 @@
--- spec/nginx_spec.lua: sslctx.ngx (API.md §5) inside a real nginx with the lua module.
+-- spec/nginx_spec.lua: sslctx.ngx (doc/openresty.md) inside a real nginx with the lua module.
 --
 -- Runs under any interpreter: nginx runs the module's LuaJIT build, and this file drives it
 -- from outside with curl and `openssl s_client`.  nginx listens on 127.0.0.1 ports picked
@@ -65,7 +65,8 @@ local function make_server_cert(dir, base, names)
 end
 
 local function make_sni_cert(dir)
-  make_server_cert(dir, "sni", { "a.test", "b.test", "c.test", "d.test", "e.test", "f.test" })
+  make_server_cert(dir, "sni", { "a.test", "b.test", "c.test", "d.test", "e.test", "f.test",
+                                 "g.test" })
 end
 
 describe("sslctx.ngx in a real nginx", function()
@@ -105,13 +106,33 @@ describe("sslctx.ngx in a real nginx", function()
     end
     if opts.sess_out then args[#args + 1] = "-sess_out " .. q(opts.sess_out) end
     if opts.sess_in then args[#args + 1] = "-sess_in " .. q(opts.sess_in) end
-    local request = "GET / HTTP/1.0\\r\\nHost: " .. name .. "\\r\\n\\r\\n"
+    local request = "GET " .. (opts.path or "/") .. " HTTP/1.0\\r\\nHost: " .. (opts.host or name) ..
+                    "\\r\\n\\r\\n"
     local out = helper.run("printf " .. q(request) .. " | timeout 10 " .. table.concat(args, " "))
     local t = parse(out)
     t.resumed = out:match("\n(Reused),") ~= nil
     t.new = out:match("\n(New),") ~= nil
     t.alert = out:match("alert number (%d+)")
+    t.status = tonumber(out:match("HTTP/1%.%d (%d%d%d) "))
     return t
+  end
+
+  -- A fronting request: SNI `sni` (nil: none sent) and Host `host`, to `path`; cert as in
+  -- curl_tls.  -> the parsed report plus http_code.
+  local function front(sni, host, path, cert)
+    local p = port.MTLS_PORT
+    local args = { "curl -sS --max-time 10", "-H", q("Host: " .. host),
+                   "-w", q("\nhttp_code=%{http_code}\n") }
+    if cert then
+      args[#args + 1] = "--cert " .. q(pki(cert .. "-chain.pem")) .. " --key " .. q(pki(cert .. ".key"))
+    end
+    if sni then
+      args[#args + 1] = "--cacert " .. q(pki_ca) .. " --resolve " .. q(sni .. ":" .. p .. ":127.0.0.1")
+      args[#args + 1] = q("https://" .. sni .. ":" .. p .. path)
+    else   -- an IP literal: curl sends no SNI (and the name cannot match: -k)
+      args[#args + 1] = "-k " .. q("https://127.0.0.1:" .. p .. path)
+    end
+    return parse(helper.run(table.concat(args, " ") .. " 2>&1"))
   end
 
   local function log_count(pattern)
@@ -368,6 +389,90 @@ describe("sslctx.ngx in a real nginx", function()
       end)
     end
 
+    if has_socket then
+      it("cuts a trickling upstream at the handshake deadline (opts.handshake_timeout)", function()
+        -- The upstream answers the ClientHello one byte every 20 ms: each read gets a byte
+        -- well within the per-read timeout (3 s), so only the overall deadline ends it.
+        local sslctx = require "sslctx"
+        local sctx = assert(sslctx.new{ side = "server", certificate = pki("server-chain.pem"),
+                                        key = pki("server.key") })
+        local server = assert(socket.bind("127.0.0.1", 0))
+        server:settimeout(5)
+        local _, p = server:getsockname()
+        local proc = io.popen("curl -sS --max-time 20 " ..
+                              q("http://127.0.0.1:" .. port.HTTP_PORT .. "/client?t=3000&hs=500&port=" .. p) ..
+                              " 2>&1")
+        local c = server:accept()
+        server:close()
+        assert(c, "nginx did not connect")
+        c:settimeout(0)
+        local conn = sctx:new_connection()
+        local out, sent, started = "", 0, ng.now()
+        while ng.now() - started < 5 do
+          local data, err, partial = c:receive(4096)
+          data = data or partial
+          if data and #data > 0 then
+            conn:feed(data)
+            conn:handshake()
+            out = out .. conn:drain()
+          end
+          if err == "closed" then break end
+          if #out > 0 then
+            if not c:send(out:sub(1, 1)) then break end
+            out, sent = out:sub(2), sent + 1
+          end
+          socket.sleep(0.02)
+        end
+        c:close()
+        local r = parse(proc:read("*a"))
+        proc:close()
+        assert.equal("false", r.ok, r.raw)
+        assert.equal("timeout", r.kind, r.raw)
+        assert.truthy(r.err:find("within 500 ms", 1, true), r.err)
+        local ms = tonumber(r.elapsed_ms)
+        assert.truthy(ms >= 450 and ms < 2000, r.raw)
+        assert.truthy(sent >= 10 and #out > 0, "the trickle did not run: " .. sent .. " bytes sent")
+      end)
+    else
+      pending("handshake deadline (needs LuaSocket to play a trickling upstream)")
+    end
+
+    it("finishes a handshake under the default deadline and keeps the socket's timeouts", function()
+      local r = client("t=3000&port=" .. port.GOOD_PORT)
+      assert.equal("true", r.ok, r.raw)
+      assert.equal("upstream good", r.body)
+      local slow = client("t=3000&hs=60000&port=" .. port.GOOD_PORT)
+      assert.equal("true", slow.ok, slow.raw)
+    end)
+
+    it("never says 'closed' for a stream whose cosocket nginx closed (used in a later request)", function()
+      local one = parse(http("/keep?step=1&port=" .. port.GOOD_PORT))
+      assert.equal("true", one.ok, one.raw)
+      assert.equal("HTTP/1.1 200 OK", one.status, one.raw)
+      local two = parse(http("/keep?step=2"))
+      for _, what in ipairs({ "send", "receive", "receiveany" }) do
+        local v = two[what]
+        assert.truthy(v, two.raw)
+        assert.falsy(v:find("|closed", 1, true), what .. ": " .. v)
+        assert.truthy(v:find("^nil|eof: [^|]*|eof$"), what .. ": " .. v)
+      end
+      assert.truthy(two.send:find("cosocket", 1, true), two.send)
+    end)
+
+    it("names connect's own argument in option errors", function()
+      local r = parse(http("/argerr"))
+      assert.truthy(r.hostname_empty:find("bad argument #3 to 'connect' (option 'hostname'", 1, true),
+                    r.hostname_empty)
+      assert.falsy(r.hostname_empty:find("new_connection", 1, true), r.hostname_empty)
+      assert.truthy(r.hostname_number:find("bad argument #3 to 'connect'", 1, true), r.hostname_number)
+      assert.truthy(r.unknown_option:find("bad argument #3 to 'connect' (unknown option 'bogus')", 1, true),
+                    r.unknown_option)
+      assert.truthy(r.handshake_timeout:find("bad argument #3 to 'connect' (option 'handshake_timeout'", 1, true),
+                    r.handshake_timeout)
+      assert.truthy(r.require_policy_nil:find("bad argument #1 to 'require_policy'", 1, true),
+                    r.require_policy_nil)
+    end)
+
     it("has the cosocket's shapes: receive(n), receiveany, close", function()
       local r = parse(http("/shapes?port=" .. port.GOOD_PORT))
       assert.equal("HTTP", r.first4, r.raw)
@@ -528,6 +633,111 @@ describe("sslctx.ngx in a real nginx", function()
       assert.truthy(r.set_verification_mode:find("^nil .*not allowed in phase 'content'"), r.set_verification_mode)
       assert.truthy(r.verdict:find("^nil "), r.verdict)   -- plain HTTP: no TLS connection
     end)
+  end)
+
+  describe("fronting: SNI for one name, Host for another (sngx.require_policy)", function()
+    -- nginx picks the server block by Host; the policy judged the handshake by SNI.  "/" of
+    -- a.test has no guard (what it leaks is the attack), "/guarded" has require_policy.
+    it("SNI b.test (open block) with Host a.test: the unguarded block leaks, the guard says 421", function()
+      local leak = front("b.test", "a.test", "/")
+      assert.equal("200", leak.http_code, leak.raw)
+      assert.equal("a.test", leak.host)
+      assert.equal("open", leak.policy)
+      assert.equal("b.test", leak.sni_sent)
+      assert.equal("false", leak.verified)
+      local guarded = front("b.test", "a.test", "/guarded")
+      assert.equal("421", guarded.http_code, guarded.raw)
+      assert.is_nil(guarded.host, guarded.raw)
+    end)
+
+    it("no SNI with Host a.test (the default server's handshake): 421", function()
+      local leak = front(nil, "a.test", "/")
+      assert.equal("200", leak.http_code, leak.raw)
+      assert.equal("open", leak.policy, leak.raw)
+      assert.equal("nil", leak.sni_sent)
+      local guarded = front(nil, "a.test", "/guarded", "client")
+      assert.equal("421", guarded.http_code, guarded.raw)
+    end)
+
+    it("a certificate a.test refuses, verified under g.test's soft-fail policy: 421 on a.test, 200 on g.test", function()
+      local refused = curl_tls("a.test", "client2")   -- a.test's callback says no in the handshake
+      assert.is_nil(refused.sni, refused.raw)
+      local leak = front("g.test", "a.test", "/", "client2")
+      assert.equal("true", leak.verified, leak.raw)  -- what an access check on `verified` alone sees
+      assert.equal("soft-g", leak.policy)
+      assert.equal("a.test", leak.host)
+      local guarded = front("g.test", "a.test", "/guarded", "client2")
+      assert.equal("421", guarded.http_code, guarded.raw)
+      local own = front("g.test", "g.test", "/guarded", "client2")
+      assert.equal("200", own.http_code, own.raw)
+      assert.equal("true", own.verified)
+    end)
+
+    it("SNI c.test (soft fail) with Host a.test: 421 for any certificate, even a verified one", function()
+      for _, cert in ipairs({ "client", "client2", false }) do
+        local r = front("c.test", "a.test", "/guarded", cert or nil)
+        assert.equal("421", r.http_code, tostring(cert) .. ": " .. r.raw)
+      end
+      local other_way = front("a.test", "c.test", "/guarded", "client")
+      assert.equal("421", other_way.http_code, other_way.raw)
+    end)
+
+    it("lets only the right client through: its own SNI, its own policy, verified", function()
+      local a = front("a.test", "a.test", "/guarded", "client")
+      assert.equal("200", a.http_code, a.raw)
+      assert.equal("mtls-a", a.policy)
+      assert.equal("a.test", a.sni_sent)
+      assert.equal("true", a.verified)
+      local c = front("c.test", "c.test", "/guarded", "client")
+      assert.equal("200", c.http_code, c.raw)
+      assert.equal("soft-c", c.policy)
+      -- soft fail: the handshake passes, the guard refuses what was not verified
+      local none = front("c.test", "c.test", "/guarded")
+      assert.equal("403", none.http_code, none.raw)
+      local rejected = front("c.test", "c.test", "/guarded", "client2")
+      assert.equal("403", rejected.http_code, rejected.raw)
+      local untrusted = front("c.test", "c.test", "/guarded", "client-untrusted")
+      assert.equal("403", untrusted.http_code, untrusted.raw)
+    end)
+
+    it("refuses on a listener whose handshakes name no policy (421)", function()
+      local r = s_client("a.test", { port = port.NOPOLICY_PORT, cert = "client", path = "/guarded" })
+      assert.equal(421, r.status, r.raw)
+    end)
+
+    for _, version in ipairs({ "-tls1_2", "-tls1_3" }) do
+      it("holds through resumed sessions (" .. version .. ")", function()
+        local dir = helper.run("mktemp -d /tmp/sslctx-front.XXXXXX"):match("[^\n]+")
+        finally(function() helper.exec_ok("rm -rf " .. q(dir)) end)
+        local a, b, g = dir .. "/a.sess", dir .. "/b.sess", dir .. "/g.sess"
+        local made_a = s_client("a.test", { version = version, cert = "client", sess_out = a,
+                                            path = "/guarded" })
+        assert.equal(200, made_a.status, made_a.raw)
+        s_client("b.test", { version = version, sess_out = b })
+        s_client("g.test", { version = version, cert = "client2", sess_out = g })
+        -- a.test's session, resumed with no certificate sent: its verdict and policy hold
+        local aa = s_client("a.test", { version = version, sess_in = a, path = "/guarded" })
+        assert.is_true(aa.resumed, aa.raw)
+        assert.equal(200, aa.status, aa.raw)
+        assert.equal("mtls-a", aa.policy)
+        -- b.test's session resumed, fronting a.test
+        local ba = s_client("b.test", { version = version, sess_in = b, host = "a.test", path = "/guarded" })
+        assert.is_true(ba.resumed, ba.raw)
+        assert.equal(421, ba.status, ba.raw)
+        -- g.test's verified session resumed, fronting a.test, then on its own name
+        local ga = s_client("g.test", { version = version, sess_in = g, host = "a.test", path = "/guarded" })
+        assert.is_true(ga.resumed, ga.raw)
+        assert.equal(421, ga.status, ga.raw)
+        local gg = s_client("g.test", { version = version, sess_in = g, path = "/guarded" })
+        assert.is_true(gg.resumed, gg.raw)
+        assert.equal(200, gg.status, gg.raw)
+        assert.equal("true", gg.verified)
+        -- a.test's session offered under SNI c.test: no resumption across policies, and 421
+        local ac = s_client("c.test", { version = version, sess_in = a, host = "a.test", path = "/guarded" })
+        assert.is_false(ac.resumed, ac.raw)
+        assert.equal(421, ac.status, ac.raw)
+      end)
+    end
   end)
 
   describe("reloads", function()

@@ -1,14 +1,19 @@
 /* bio.c: the module's own BIOs.
  * - fd: OpenSSL's socket BIO writes with write(2), which raises SIGPIPE on a socket the peer
  *   has closed and kills a Lua process that did not ignore it; this one sends with
- *   MSG_NOSIGNAL, and falls back to read/write for non-sockets (pipes).
+ *   MSG_NOSIGNAL, and falls back to read/write for non-sockets (pipes), where write(2) runs
+ *   with SIGPIPE blocked in the calling thread and a SIGPIPE it raised is taken back before
+ *   the mask is restored: the failure is EPIPE (kind "syscall"), never a dead process.
  * - outbox: the memory transport's write side.  drain() makes its Lua string straight from
  *   this buffer, one copy, where a BIO_s_mem would need a BIO_read into a bounce buffer first.
  */
 #define _GNU_SOURCE 1
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/types.h>
 #include <sys/socket.h>
@@ -28,6 +33,32 @@ static int retryable(int e) {
   return e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == EINPROGRESS || e == EALREADY;
 }
 
+/* write(2) that cannot kill the process: SIGPIPE is blocked for this thread only (other
+ * threads and the process's disposition are left alone), and a SIGPIPE this write raised is
+ * consumed with a zero-timeout sigtimedwait before the old mask comes back.  One that was
+ * already pending (the application's own, blocked) is left pending. */
+static ssize_t write_nosigpipe(int fd, const char *buf, size_t len) {
+  sigset_t pipe_set, old, pending;
+  int was_pending, saved;
+  ssize_t n;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  if (pthread_sigmask(SIG_BLOCK, &pipe_set, &old) != 0) {
+    errno = EINVAL;   /* never write unprotected */
+    return -1;
+  }
+  was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+  n = write(fd, buf, len);
+  saved = errno;
+  if (n < 0 && saved == EPIPE && !was_pending) {
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR) continue;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  errno = saved;
+  return n;
+}
+
 /* send/recv on sockets; read/write once the descriptor turns out not to be one. */
 static ssize_t fd_send(fd_bio *f, const char *buf, size_t len) {
   if (!f->not_socket) {
@@ -35,7 +66,7 @@ static ssize_t fd_send(fd_bio *f, const char *buf, size_t len) {
     if (n >= 0 || errno != ENOTSOCK) return n;
     f->not_socket = 1;
   }
-  return write(f->fd, buf, len);
+  return write_nosigpipe(f->fd, buf, len);
 }
 
 static ssize_t fd_recv(fd_bio *f, char *buf, size_t len) {

@@ -1,10 +1,11 @@
---- sslctx.ngx: OpenResty integration (API.md §5).
+--- sslctx.ngx: OpenResty integration (doc/reference.md, doc/openresty.md).
 --
 -- Client:  sngx.connect(sock, ctx [, opts]) -> stream | nil, message, kind
 --          TLS over a connected ngx.socket.tcp cosocket, through the memory transport.
 -- Server:  sngx.set_policy(name)                          (ssl_client_hello_by_lua*)
 --          sngx.set_verification_mode(mode [, cb [, opts]]) (ssl_certificate_by_lua*)
---          sngx.verdict() -> code, string, verified, peer_pem (request phases)
+--          sngx.verdict() -> code, string, verified, peer_pem, policy, sni (request phases)
+--          sngx.require_policy(name)   421 / 403 unless this policy verified the client
 --
 -- See doc/openresty.md for the rules (what runs where, what may not yield).
 local sslctx = require "sslctx"
@@ -12,7 +13,7 @@ local sslctx = require "sslctx"
 local type, pairs, tostring, tonumber, error = type, pairs, tostring, tonumber, error
 local setmetatable, rawget, rawset = setmetatable, rawget, rawset
 local concat, format = table.concat, string.format
-local min = math.min
+local min, ceil = math.min, math.ceil
 
 local M = {}
 
@@ -21,6 +22,8 @@ local M = {}
 local MAX_ROUNDS = 100000
 local RECEIVE_CHUNK = 16384     -- receiveany() size for ciphertext
 local WRITE_CHUNK = 65536       -- plaintext handed to conn:write() at once
+-- The whole client handshake, however the upstream spaces its bytes (opts.handshake_timeout).
+M.HANDSHAKE_TIMEOUT = 30000     -- milliseconds
 
 local function ngx_env()
   return rawget(_G, "ngx")
@@ -35,19 +38,23 @@ end
 -- connected before this module was first required are not known: pass opts.hostname.
 
 local REG_HOSTS = "sslctx.ngx.hosts"
+local REG_TIMEOUTS = "sslctx.ngx.timeouts"
 local REG_PATCHED = "sslctx.ngx.connect_patched"
 
-local function hosts_table()
+local function weak_table(key)
   local reg = debug.getregistry()
-  local t = rawget(reg, REG_HOSTS)
+  local t = rawget(reg, key)
   if t == nil then
     t = setmetatable({}, { __mode = "k" })
-    rawset(reg, REG_HOSTS, t)
+    rawset(reg, key, t)
   end
   return t
 end
 
-local hosts = hosts_table()
+local hosts = weak_table(REG_HOSTS)
+-- The timeouts each socket was given ({connect, send, read} in ms; 0 is nginx's default),
+-- so that the handshake can shorten the waits to its deadline and put them back.
+local timeouts = weak_table(REG_TIMEOUTS)
 
 local function remember(sock, host, ok, ...)
   if ok and type(host) == "string" and host:sub(1, 5) ~= "unix:" then
@@ -67,6 +74,21 @@ local function patch_connect()
     local connect = rawget(mt, "connect")
     rawset(mt, "connect", function(self, host, ...)
       return remember(self, host, connect(self, host, ...))
+    end)
+  end
+  if type(mt) == "table" and type(rawget(mt, "settimeout")) == "function" then
+    local settimeout = rawget(mt, "settimeout")
+    rawset(mt, "settimeout", function(self, ms, ...)
+      local t = tonumber(ms) or 0
+      timeouts[self] = { t, t, t }
+      return settimeout(self, ms, ...)
+    end)
+  end
+  if type(mt) == "table" and type(rawget(mt, "settimeouts")) == "function" then
+    local settimeouts = rawget(mt, "settimeouts")
+    rawset(mt, "settimeouts", function(self, c, s, r, ...)
+      timeouts[self] = { tonumber(c) or 0, tonumber(s) or 0, tonumber(r) or 0 }
+      return settimeouts(self, c, s, r, ...)
     end)
   end
   local socket = ngx.socket
@@ -95,21 +117,59 @@ local Stream = {}
 Stream.__index = Stream
 M.Stream = Stream
 
-local function cosocket_error(err)
-  -- The cosocket's own words: "closed", "timeout", or an OS error.
-  if err == "timeout" then return "timeout" end
-  if err == "closed" then return "eof" end
-  return "syscall"
+-- The handshake's deadline passed (opts.handshake_timeout).
+local function deadline_message(self)
+  return format("timeout: the handshake did not finish within %d ms", self.hs_ms)
+end
+
+local function deadline_passed(self)
+  return nil, deadline_message(self), "timeout"
+end
+
+-- A cosocket failure -> message, kind.  The cosocket's "closed" on send means the cosocket
+-- itself is closed (nginx closes one when the request that created it ends): the TLS
+-- stream ended without close_notify, and the message says so; it is never "closed".
+local function cosocket_error(self, err)
+  if err == "timeout" then
+    if self.deadline and ngx_env().now() >= self.deadline then
+      return deadline_message(self), "timeout"
+    end
+    return "timeout", "timeout"
+  end
+  if err == "closed" then
+    return "eof: the cosocket under the TLS stream is closed (nginx closes a cosocket when " ..
+           "the request that created it ends; a stream cannot outlive it)", "eof"
+  end
+  return err, "syscall"
+end
+
+-- During the handshake every wait is cut to what is left of the deadline; afterwards the
+-- socket's own timeouts are back.
+local function shorten_waits(self)
+  local ngx = ngx_env()
+  ngx.update_time()
+  local left = ceil((self.deadline - ngx.now()) * 1000)
+  if left <= 0 then return deadline_passed(self) end
+  local t = self.timeouts
+  local send_ms = t[2] > 0 and min(t[2], left) or left
+  local read_ms = t[3] > 0 and min(t[3], left) or left
+  self.sock:settimeouts(t[1], send_ms, read_ms)
+  return true
 end
 
 -- Sends what the connection has for the network.
 local function flush(self)
   local out = self.conn:drain()
   if out ~= "" then
+    if self.deadline then
+      local ok, derr, dkind = shorten_waits(self)
+      if not ok then return nil, derr, dkind end
+    end
     local n, err = self.sock:send(out)
     if not n then
       self.broken = err
-      return nil, err, cosocket_error(err)
+      local msg, kind = cosocket_error(self, err)
+      return nil, msg, kind
     end
   end
   return true
@@ -120,14 +180,19 @@ local function fill(self)
   if self.input_ended then
     return nil, "eof: the peer closed the connection without close_notify", "eof"
   end
+  if self.deadline then
+    local ok, derr, dkind = shorten_waits(self)
+    if not ok then return nil, derr, dkind end
+  end
   local data, err = self.sock:receiveany(RECEIVE_CHUNK)
   if not data then
-    if err == "closed" then
+    if err == "closed" then   -- the peer's FIN (or a closed cosocket): the core says eof
       self.input_ended = true
       self.conn:feed(nil)
       return true
     end
-    return nil, err, cosocket_error(err)
+    local msg, kind = cosocket_error(self, err)
+    return nil, msg, kind
   end
   self.conn:feed(data)
   return true
@@ -137,6 +202,7 @@ end
 local function drive(self, call, ...)
   local conn = self.conn
   for _ = 1, MAX_ROUNDS do
+    if self.deadline and ngx_env().now() >= self.deadline then return deadline_passed(self) end
     local r, err, kind = call(conn, ...)
     if r then
       local ok, ferr, fkind = flush(self)
@@ -172,8 +238,21 @@ local function drive(self, call, ...)
   return nil, "sslctx.ngx: no progress after " .. MAX_ROUNDS .. " rounds", "ssl"
 end
 
+-- The handshake, bounded as a whole by self.hs_ms (nil: no deadline) on top of the
+-- socket's per-wait timeouts, which are restored afterwards.
 local function handshake(self)
-  return drive(self, self.conn.handshake)
+  local ngx = ngx_env()
+  if not self.hs_ms or ngx == nil or type(self.sock.settimeouts) ~= "function" then
+    return drive(self, self.conn.handshake)   -- (not a cosocket: no deadline to keep)
+  end
+  ngx.update_time()
+  self.deadline = ngx.now() + self.hs_ms / 1000
+  self.timeouts = timeouts[self.sock] or { 0, 0, 0 }
+  local ok, err, kind = drive(self, self.conn.handshake)
+  self.deadline = nil
+  local t = self.timeouts
+  pcall(self.sock.settimeouts, self.sock, t[1], t[2], t[3])
+  return ok, err, kind
 end
 
 -- Reads what is decrypted and ready, after at most one wait for the network: appends it to
@@ -408,11 +487,21 @@ local function copy_opts(opts)
   return o
 end
 
+-- ctx:new_connection(o), with its argument errors told as connect's own option errors.
+local function new_connection(ctx, o)
+  local ok, conn = pcall(ctx.new_connection, ctx, o)
+  if ok then return conn end
+  local why = type(conn) == "string" and conn:match("^bad argument #%d+ to '[^']*' %((.*)%)$")
+  if why then error("bad argument #3 to 'connect' (" .. why .. ")", 3) end
+  error(conn, 3)
+end
+
 --- sngx.connect(sock, ctx [, opts]) -> stream | nil, message, kind
 -- sock: a connected ngx.socket.tcp; ctx: an sslctx context; opts: new_connection's (hostname
--- defaults to the host sock connected to).  The handshake runs here, on the calling
--- coroutine (verify callbacks too: ngx.var and ngx.ctx work in them; yielding does not).
--- On failure the cosocket is closed.
+-- defaults to the host sock connected to) plus handshake_timeout (milliseconds for the whole
+-- handshake, default M.HANDSHAKE_TIMEOUT; false: none).  The handshake runs here, on the
+-- calling coroutine (verify callbacks too: ngx.var and ngx.ctx work in them; yielding does
+-- not).  On failure the cosocket is closed.
 function M.connect(sock, ctx, opts)
   if type(sock) ~= "table" or type(sock.receiveany) ~= "function" or type(sock.send) ~= "function" then
     error("bad argument #1 to 'connect' (a connected ngx.socket.tcp expected, got " .. type(sock) .. ")", 2)
@@ -424,12 +513,22 @@ function M.connect(sock, ctx, opts)
   if o.fd ~= nil or o.socket ~= nil then
     error("bad argument #3 to 'connect' (options 'fd' and 'socket' do not apply: the cosocket is the transport)", 2)
   end
+  local hs_ms = o.handshake_timeout
+  o.handshake_timeout = nil
+  if hs_ms == nil then
+    hs_ms = M.HANDSHAKE_TIMEOUT
+  elseif hs_ms == false then
+    hs_ms = nil
+  elseif type(hs_ms) ~= "number" or hs_ms <= 0 or hs_ms ~= hs_ms then
+    error("bad argument #3 to 'connect' (option 'handshake_timeout': positive number of " ..
+          "milliseconds or false expected, got " .. tostring(hs_ms) .. ")", 2)
+  end
   local side = o.side
   if side == nil and ctx:side() == "both" then side = "client"; o.side = side end
   if (side or ctx:side()) == "client" and o.hostname == nil then o.hostname = hosts[sock] end
-  local conn = ctx:new_connection(o)
+  local conn = new_connection(ctx, o)
   local self = setmetatable({
-    sock = sock, conn = conn, buf = {}, buffered = 0, max_retries = 300,
+    sock = sock, conn = conn, buf = {}, buffered = 0, max_retries = 300, hs_ms = hs_ms,
   }, Stream)
   local ok, err, kind = handshake(self)
   if not ok then
@@ -451,6 +550,8 @@ local SSL_PHASES = {
     set = true, rewrite = true, server_rewrite = true, access = true, content = true,
     header_filter = true, body_filter = true, log = true, balancer = true,
   },
+  -- the phases that can end the request with a status
+  require_policy = { rewrite = true, server_rewrite = true, access = true, content = true },
 }
 
 local function phase_check(fname)
@@ -544,28 +645,50 @@ local function log_error(msg)
 end
 M.logger = log_error
 
+-- Per downstream connection (keyed by its borrowed object, which lives exactly as long as
+-- nginx's SSL: the hook anchors it until OpenSSL frees the SSL): the policy named in the
+-- client-hello phase and the SNI the client sent there.  The connection itself keeps only a
+-- hash of the name (its session id context).
+local REG_POLICIES = "sslctx.ngx.policies"
+local policies = weak_table(REG_POLICIES)
+
+-- The server name of the ClientHello being handled, or nil (none sent, or no lua-resty-core).
+local function client_hello_sni()
+  local ok, ch = pcall(require, "ngx.ssl.clienthello")
+  if not ok or type(ch) ~= "table" or type(ch.get_client_hello_server_name) ~= "function" then
+    return nil
+  end
+  local got, name = pcall(ch.get_client_hello_server_name)
+  if got and type(name) == "string" then return name end
+  return nil
+end
+
 --- In ssl_client_hello_by_lua*: sessions of this connection resume only under policy `name`
--- (a session id context naming it).  -> true | nil, message
+-- (a session id context naming it), and verdict() reports `name` in the request phases.
+-- -> true | nil, message
 function M.set_policy(name)
   if type(name) ~= "string" then
     error("bad argument #1 to 'set_policy' (string expected, got " .. type(name) .. ")", 2)
   end
+  if name == "" then error("bad argument #1 to 'set_policy' (non-empty string expected)", 2) end
   local ok, err = phase_check("set_policy")
   if not ok then return nil, err end
   local conn
   conn, err = M.borrow()
   if not conn then return nil, err end
   conn:set_policy(name)
+  policies[conn] = { name = name, sni = client_hello_sni() }
   return true
 end
 
 local VERIFY_OPTS = { ca_file = true, ca = true, soft_fail = true, depth = true, params = true,
                       logger = true }
 
---- In ssl_certificate_by_lua*: a server-side verification mode (API.md §1) and callback for
--- nginx's downstream connection.  opts: ca_file / ca (this connection's own trust store and
--- CA names; default: the server block's), soft_fail, depth, params (set_verify_params),
--- logger (default: ngx.log at ERR).  -> true | nil, message
+--- In ssl_certificate_by_lua*: a server-side verification mode (doc/reference.md,
+-- "Verification modes") and callback for nginx's downstream connection.  opts: ca_file / ca
+-- (this connection's own trust store and CA names; default: the server block's), soft_fail,
+-- depth, params (set_verify_params), logger (default: ngx.log at ERR).
+-- -> true | nil, message
 function M.set_verification_mode(mode, callback, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #3 to 'set_verification_mode' (table expected, got " .. type(opts) .. ")", 2)
@@ -600,17 +723,47 @@ function M.set_verification_mode(mode, callback, opts)
   return true
 end
 
+local function verdict_of(conn)
+  local code, str, verified = conn:verify_result()
+  local cert = conn:peer_certificate()
+  local rec = policies[conn]
+  local sni
+  if rec then sni = rec.sni else sni = conn:servername() end
+  return code, str, verified, cert and cert:pem() or nil, rec and rec.name or nil, sni
+end
+
 --- In a request phase: the verdict on the client's certificate for this request's TLS
--- connection.  -> code, string, verified, peer_pem | nil, message
+-- connection, the policy that judged it (set_policy's name, nil when none was named) and
+-- the SNI the client sent (nil when none).
+-- -> code, string, verified, peer_pem, policy, sni | nil, message
 function M.verdict()
   local ok, err = phase_check("verdict")
   if not ok then return nil, err end
   local conn
   conn, err = M.borrow()
   if not conn then return nil, err end
-  local code, str, verified = conn:verify_result()
-  local cert = conn:peer_certificate()
-  return code, str, verified, cert and cert:pem() or nil
+  return verdict_of(conn)
+end
+
+--- In rewrite, access or content: the guard of a protected server block.  nginx picks the
+-- block by Host, not by SNI, so a client can send SNI for one name (and pass its policy, or
+-- none) and Host for another.  Ends the request with 421 (Misdirected Request) when the
+-- connection was not judged by policy `name` (another policy, none, or no TLS), and with 403
+-- when the client's certificate was not verified; otherwise returns the verdict's values.
+function M.require_policy(name)
+  if type(name) ~= "string" or name == "" then
+    error("bad argument #1 to 'require_policy' (non-empty string expected, got " ..
+          (type(name) == "string" and "''" or type(name)) .. ")", 2)
+  end
+  local ngx = ngx_env()
+  local ok, err = phase_check("require_policy")
+  if not ok then error(err, 2) end   -- a guard that cannot end the request must not pass
+  local conn = M.borrow()
+  if not conn then return ngx.exit(421) end
+  local code, str, verified, pem, policy, sni = verdict_of(conn)
+  if policy ~= name then return ngx.exit(421) end
+  if not verified then return ngx.exit(403) end
+  return code, str, verified, pem, policy, sni
 end
 
 return M

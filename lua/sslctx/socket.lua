@@ -28,7 +28,11 @@
 --
 -- Errors: err is LuaSocket's "timeout" when the deadline passed and "closed" when the peer
 -- closed the TLS stream cleanly (close_notify); anything else is the core's message (a
--- truncated stream, an "eof: ..." message, is never reported as "closed").  The extra last
+-- truncated stream, an "eof: ..." message, or a broken pipe, is never reported as "closed").
+-- The handshake as a whole is bounded by opts.handshake_timeout (seconds, default
+-- M.HANDSHAKE_TIMEOUT; false: none), counted from its first step, on both sides: past it
+-- the handshake fails for good with a "timeout: ..." message (kind "timeout"), which an
+-- event loop does not mistake for a would-block "timeout".  The extra last
 -- value is the core's kind (API.md's table, plus "timeout").  The handshake runs implicitly
 -- in the first send/receive when dohandshake was not called.
 --
@@ -61,6 +65,7 @@ local Stream = {}
 Stream.__index = Stream
 
 local WRITE_CHUNK = 65536
+M.HANDSHAKE_TIMEOUT = 30   -- seconds, the whole handshake (opts.handshake_timeout)
 
 -- ---------------------------------------------------------------------------
 -- helpers
@@ -93,8 +98,13 @@ local function time_left(self, start)
 end
 
 -- Waits until the socket is readable ("r") or writable ("w"); false when the time is out.
-local function wait(self, dir, start)
+-- `deadline` (absolute, optional) caps the wait.
+local function wait(self, dir, start, deadline)
   local t = time_left(self, start)
+  if deadline then
+    local left = max(deadline - gettime(), 0)
+    if t == nil or left < t then t = left end
+  end
   if t == 0 then return false end
   local set = self.sockset   -- one table per stream, for select
   if not set then
@@ -135,7 +145,7 @@ end
 -- ---------------------------------------------------------------------------
 -- construction
 
-local ADAPTER_KEYS = { ctx = true, timeout = true, reuse_session = true }
+local ADAPTER_KEYS = { ctx = true, timeout = true, reuse_session = true, handshake_timeout = true }
 
 -- A verify callback that only records OpenSSL's errors by depth (LuaSec's
 -- getpeerverification shape) and keeps every verdict.  Client side only.  One function per
@@ -174,11 +184,26 @@ local function install_recorder(self)
   pcall(conn.set_verification_mode, conn, "client", int, recorder_for(self.ctx))
 end
 
-function Stream:_create_conn()
+-- ctx:new_connection(o); its argument errors are told as errors of the caller's argument
+-- `argn` of `fname` (the options table of wrap or connect), raised at `level`.
+local function new_connection(ctx, o, fname, argn, level)
+  if not fname then return ctx:new_connection(o) end
+  local ok, conn = pcall(ctx.new_connection, ctx, o)
+  if ok then return conn end
+  local why = type(conn) == "string" and conn:match("^bad argument #%d+ to '[^']*' %((.*)%)$")
+  if why then
+    local sock_why = why:match("^option 'socket': (.*)$")   -- the stream's socket: argument #1
+    if sock_why then argerror(1, fname, sock_why, level + 1) end
+    argerror(argn, fname, why, level + 1)
+  end
+  error(conn, level + 1)
+end
+
+function Stream:_create_conn(fname, argn, level)
   local o = copy(self.copts)
   o.socket = self.sock
   o.close = false   -- the stream closes the socket itself (see close)
-  self.conn = self.ctx:new_connection(o)
+  self.conn = new_connection(self.ctx, o, fname, argn, (level or 1) + 1)
   self.side = self.conn:side()
   install_recorder(self)
   return self.conn
@@ -189,38 +214,52 @@ function Stream:_conn()
   return self:_create_conn()
 end
 
---- wrap(sock, ctx, opts) -> stream | nil, message, kind
--- sock: a connected LuaSocket TCP object (the stream keeps it and closes it on close());
--- ctx: an sslctx context, or a table of sslctx.new options; opts: new_connection's options
--- (hostname, side, session, verify_hostname) plus timeout (settimeout's).
-function M.wrap(sock, ctx, opts)
-  if type(sock) ~= "userdata" and type(sock) ~= "table" then
-    argerror(1, "wrap", "LuaSocket TCP object expected, got " .. type(sock))
+-- opts.handshake_timeout -> seconds, or nil for no deadline (raises at `level` when invalid).
+local function handshake_limit(opts, fname, argn, level)
+  local hs = opts and opts.handshake_timeout
+  if hs == nil then return M.HANDSHAKE_TIMEOUT end
+  if hs == false then return nil end
+  if type(hs) ~= "number" or hs ~= hs or hs <= 0 then
+    argerror(argn, fname, "option 'handshake_timeout': positive number of seconds or false " ..
+             "expected, got " .. tostring(hs), level + 1)
   end
-  if getmetatable(sock) == Stream then argerror(1, "wrap", "already an sslctx.socket stream") end
+  return hs
+end
+
+-- wrap's body; fname and argn name the caller's options argument in errors, raised at
+-- `level` (1: the caller of wrap or connect).
+local function wrap(sock, ctx, opts, fname, level)
+  level = level + 1
+  if type(sock) ~= "userdata" and type(sock) ~= "table" then
+    argerror(1, fname, "LuaSocket TCP object expected, got " .. type(sock), level)
+  end
+  if getmetatable(sock) == Stream then argerror(1, fname, "already an sslctx.socket stream", level) end
   if type(ctx) == "table" and not is_context(ctx) then
     local msg, kind
     ctx, msg, kind = sslctx.new(ctx)
     if not ctx then return nil, msg, kind end
   elseif not is_context(ctx) then
-    argerror(2, "wrap", "sslctx context or options table expected, got " .. type(ctx))
+    argerror(2, fname, "sslctx context or options table expected, got " .. type(ctx), level)
   end
+  local argn = 3   -- opts, for wrap and for connect alike
   if opts ~= nil and type(opts) ~= "table" then
-    argerror(3, "wrap", "table expected, got " .. type(opts))
+    argerror(argn, fname, "table expected, got " .. type(opts), level)
   end
   local copts = {}
   for k, v in pairs(opts or {}) do
     if not ADAPTER_KEYS[k] then copts[k] = v end
   end
   if copts.socket ~= nil or copts.fd ~= nil then
-    argerror(3, "wrap", "options 'socket' and 'fd' are the stream's own")
+    argerror(argn, fname, "options 'socket' and 'fd' are the stream's own", level)
   end
+  local hs = handshake_limit(opts, fname, argn, level)
   local self = setmetatable({
     sock = sock, ctx = ctx, copts = copts,
     block = -1, total = -1,
     rbuf = "",
     handshaken = false, started = false,
     wants = "nothing",
+    hs_limit = hs,
   }, Stream)
   if opts and opts.timeout ~= nil then self:settimeout(opts.timeout) end
   -- A verifying client without a hostname may still get one from sni() (LuaSec's order:
@@ -229,9 +268,20 @@ function M.wrap(sock, ctx, opts)
   if side == "client" and copts.hostname == nil and copts.verify_hostname == nil then
     self.side = "client"
   else
-    self:_create_conn()
+    self:_create_conn(fname, argn, level)
   end
   return self
+end
+
+--- wrap(sock, ctx, opts) -> stream | nil, message, kind
+-- sock: a connected LuaSocket TCP object (the stream keeps it and closes it on close());
+-- ctx: an sslctx context, or a table of sslctx.new options; opts: new_connection's options
+-- (hostname, side, session, verify_hostname) plus timeout (settimeout's) and
+-- handshake_timeout (seconds for the whole handshake; default M.HANDSHAKE_TIMEOUT, false:
+-- none).
+function M.wrap(sock, ctx, opts)
+  local s, msg, kind = wrap(sock, ctx, opts, "wrap", 2)   -- (no tail call: levels count frames)
+  return s, msg, kind
 end
 
 --- The default client context: verify the server ("always") against the system's roots.
@@ -253,6 +303,7 @@ function M.connect(host, port, opts)
     argerror(3, "connect", "table expected, got " .. type(opts))
   end
   local o = copy(opts)
+  handshake_limit(o, "connect", 3, 2)
   local ctx = o.ctx
   if ctx == nil then
     ctx = M.default_context()
@@ -280,10 +331,10 @@ function M.connect(host, port, opts)
     return nil, err, err == "timeout" and "timeout" or "syscall"
   end
   o.ctx = nil
-  local okw, s, msg, kind = pcall(M.wrap, sock, ctx, o)
+  local okw, s, msg, kind = pcall(wrap, sock, ctx, o, "connect", 3)
   if not okw then
     sock:close()
-    error(s, 2)
+    error(s, 0)   -- (raised at connect's caller already)
   end
   if not s then
     sock:close()
@@ -302,13 +353,22 @@ end
 -- ---------------------------------------------------------------------------
 -- handshake
 
+-- Past the handshake's deadline: a final failure, kind "timeout".
+function Stream:_handshake_expired()
+  local msg = ("timeout: the handshake did not finish within %g s"):format(self.hs_limit)
+  self.hs_error = { msg, "timeout" }
+  return nil, msg, "timeout"
+end
+
 function Stream:_handshake(start)
   if self.handshaken then return true end
   if self.hs_error then return nil, self.hs_error[1], self.hs_error[2] end
   if self.closed then return nil, "closed", "closed" end
   local conn = self:_conn()
   self.started = true
+  if self.hs_limit and not self.hs_deadline then self.hs_deadline = start + self.hs_limit end
   while true do
+    if self.hs_deadline and gettime() >= self.hs_deadline then return self:_handshake_expired() end
     local ok, msg, kind = conn:handshake()
     if ok then
       self.handshaken = true
@@ -318,9 +378,12 @@ function Stream:_handshake(start)
     end
     if kind == "want_read" or kind == "want_write" then
       self.wants = kind == "want_read" and "read" or "write"
-      local w, werr = wait(self, kind == "want_read" and "r" or "w", start)
+      local w, werr = wait(self, kind == "want_read" and "r" or "w", start, self.hs_deadline)
       if not w then
         if werr then return nil, werr, "syscall" end
+        if self.hs_deadline and gettime() >= self.hs_deadline then
+          return self:_handshake_expired()
+        end
         return nil, "timeout", "timeout"
       end
     else
@@ -493,9 +556,9 @@ function Stream:send(data, i, j)
         return nil, "timeout", pos - 1, "timeout"
       end
     else
-      if kind == "closed" or (kind == "syscall" and msg == "Broken pipe") then
-        return nil, "closed", pos - 1, kind
-      end
+      -- "closed" only after the peer's close_notify; a reset or broken pipe is the core's
+      -- message (kind "syscall" or "eof")
+      if kind == "closed" then return nil, "closed", pos - 1, kind end
       return nil, msg, pos - 1, kind
     end
   end

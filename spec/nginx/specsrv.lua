@@ -129,6 +129,7 @@ local function connect_once(args, ctx, session)
   if not ok then return nil, "connect: " .. tostring(err), "syscall" end
   local opts = { session = session }
   if args.host ~= "default" then opts.hostname = args.host or "localhost" end
+  if args.hs then opts.handshake_timeout = tonumber(args.hs) end
   return sngx.connect(sock, ctx, opts)
 end
 
@@ -136,7 +137,11 @@ function S.client()
   local args = ngx.req.get_uri_args()
   local rec = {}
   local ctx = new_ctx(args, rec)
+  ngx.update_time()
+  local started = ngx.now()
   local stream, err, kind = connect_once(args, ctx, nil)
+  ngx.update_time()
+  say("elapsed_ms", math.floor((ngx.now() - started) * 1000))
   say("callbacks", table.concat(rec, ","))
   if rec.code then say("cb_code", rec.code) end
   if rec.leaf then say("leaf", rec.leaf) end
@@ -233,6 +238,61 @@ function S.read()
   stream:close()
 end
 
+-- A stream kept past its request: step=1 connects and keeps it in this module (and reads
+-- the response, so that nothing is pending); step=2, a later request, uses it.  nginx closed
+-- its cosocket when the first request ended: never "closed", which means close_notify.
+function S.keep()
+  local args = ngx.req.get_uri_args()
+  if args.step == "1" then
+    local stream, err, kind = connect_once(args, new_ctx(args, {}), nil)
+    if not stream then say("ok", false) say("kind", kind) say("err", err) return end
+    stream:send("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    say("status", stream:receive("*l"))
+    local length = 0
+    for _ = 1, 100 do   -- the headers, then exactly the body: nothing stays buffered
+      local line = stream:receive("*l")
+      if not line or line == "" then break end
+      length = tonumber(line:match("^[Cc]ontent%-[Ll]ength:%s*(%d+)")) or length
+    end
+    if length > 0 then stream:receive(length) end
+    S.kept = stream
+    say("ok", true)
+    return
+  end
+  local stream = S.kept
+  S.kept = nil
+  if not stream then say("ok", false) say("err", "nothing kept") return end
+  local n, serr, skind = stream:send("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+  say("send", tostring(n) .. "|" .. tostring(serr) .. "|" .. tostring(skind))
+  local d, rerr, _, rkind = stream:receive("*l")
+  say("receive", tostring(d) .. "|" .. tostring(rerr) .. "|" .. tostring(rkind))
+  local any, aerr, akind = stream:receiveany(10)
+  say("receiveany", tostring(any) .. "|" .. tostring(aerr) .. "|" .. tostring(akind))
+  stream:close()
+end
+
+-- Argument errors name the caller's argument (connect's own, not new_connection's).
+function S.argerr()
+  local function try(label, fn)
+    local ok, err = pcall(fn)
+    say(label, ok and "no error" or tostring(err))
+  end
+  local ctx = new_ctx({}, {})
+  local function sock()
+    local s = ngx.socket.tcp()
+    s:settimeouts(1000, 1000, 1000)
+    assert(s:connect("127.0.0.1", tonumber(ngx.var.server_port)))
+    return s
+  end
+  try("hostname_empty", function() return sngx.connect(sock(), ctx, { hostname = "" }) end)
+  try("hostname_number", function() return sngx.connect(sock(), ctx, { hostname = 5 }) end)
+  try("unknown_option", function() return sngx.connect(sock(), ctx, { bogus = true }) end)
+  try("handshake_timeout", function()
+    return sngx.connect(sock(), ctx, { hostname = "localhost", handshake_timeout = -1 })
+  end)
+  try("require_policy_nil", function() return sngx.require_policy(nil) end)
+end
+
 -- One OpenSSL in the worker: the module shares nginx's libssl/libcrypto.
 function S.maps()
   local version = sslctx.openssl_version()
@@ -271,6 +331,7 @@ local POLICY = {
   ["d.test"] = "error-d",
   ["e.test"] = "creject-e",
   ["f.test"] = "otherca-f",
+  ["g.test"] = "soft-g",
 }
 
 function S.client_hello()
@@ -336,8 +397,16 @@ function S.cert_f()
   assert(sngx.set_verification_mode("require", nil, { ca_file = CERTS .. "other-ca.pem" }))
 end
 
+-- g.test: soft fail, OpenSSL's own verdict: any certificate of the CA is verified here.
+function S.cert_g()
+  assert(sngx.set_verification_mode("require", nil, { soft_fail = true }))
+end
+
 function S.report()
-  local code, str, verified, pem = sngx.verdict()
+  local code, str, verified, pem, policy, sni = sngx.verdict()
+  say("host", ngx.var.host)
+  say("policy", policy)
+  say("sni_sent", sni)
   say("sni", ngx.var.ssl_server_name)
   say("code", code)
   say("string", str)

@@ -12,7 +12,8 @@
 --                links = { rel = target }, ports = { port, ... } }
 --                                     -> server (raises with the error log on failure)
 --   server.prefix, server.master      the temp prefix ("/tmp/x/"), the master's pid
---   server:workers()                  -> { pid, ... } (children of the master)
+--   server:workers()                  -> { pid, ... } (children of the master, from /proc)
+--   nginx.children(pid)               -> { pid, ... } the children of any process (/proc)
 --   server:reload([timeout])          HUP the master, wait until the old workers are gone
 --   server:log()                      -> the error log's text
 --   server:alive()                    -> the master still runs
@@ -164,10 +165,29 @@ function Server:alive()
   return pid_alive(self.master)
 end
 
-function Server:workers()
-  local out = run("ps -o pid= --ppid " .. tonumber(self.master))
+-- The children of `pid`, from /proc (no `ps`: procps is not on a minimal system).  A task's
+-- /proc/<pid>/task/<pid>/children lists them where the kernel has it; otherwise each
+-- /proc/<n>/stat is read for its parent pid (the 4th field, after the parenthesised name,
+-- which may itself hold spaces and parentheses).
+local function children(pid)
+  pid = tonumber(pid)
   local pids = {}
-  for pid in out:gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
+  local list = read_file("/proc/" .. pid .. "/task/" .. pid .. "/children")
+  if list then
+    for child in list:gmatch("%d+") do pids[#pids + 1] = tonumber(child) end
+    return pids
+  end
+  for entry in run("ls /proc"):gmatch("%d+") do
+    local stat = read_file("/proc/" .. entry .. "/stat")
+    local ppid = stat and stat:match("%) %S+ (%d+)")
+    if tonumber(ppid) == pid then pids[#pids + 1] = tonumber(entry) end
+  end
+  return pids
+end
+M.children = children
+
+function Server:workers()
+  local pids = children(self.master)
   table.sort(pids)
   return pids
 end
