@@ -99,15 +99,18 @@ local function run_deferred()
   runq = {}
   for i = 1, #list do
     local s = list[i]
+    -- Items queued while these run join the same list; the last one runs with the list
+    -- gone, so that what it does may run at once (a read delivered in order).
     local q = s.later
     local j = 1
-    while j <= #q do          -- items queued while these run join the same list
+    while true do
       local item = q[j]
       q[j] = false
+      if j == #q then s.later = nil end
       item[1](item[2], item[3], item[4])
+      if s.later ~= q then break end
       j = j + 1
     end
-    s.later = nil
   end
   if #runq == 0 then idle:stop() end
 end
