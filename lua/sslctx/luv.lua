@@ -86,6 +86,28 @@ local function errstr(msg, kind)
   return kind .. ": " .. msg
 end
 
+-- luv hands callbacks the bare error name ("ECONNRESET"); its synchronous returns, and this
+-- module's callbacks, carry libuv's message too ("ECONNRESET: connection reset by peer").
+local UV_MESSAGES = {
+  ECANCELED = "operation canceled", ECONNRESET = "connection reset by peer",
+  EPIPE = "broken pipe", ETIMEDOUT = "connection timed out", ENOTCONN = "socket is not connected",
+  EBADF = "bad file descriptor", ECONNREFUSED = "connection refused",
+  ECONNABORTED = "software caused connection abort", EOF = "end of file",
+  ENOBUFS = "no buffer space available", EINVAL = "invalid argument", ENOMEM = "not enough memory",
+  EAGAIN = "resource temporarily unavailable", EHOSTUNREACH = "host is unreachable",
+  ENETUNREACH = "network is unreachable", ENETDOWN = "network is down", EIO = "i/o error",
+}
+local function uverr(e)
+  if e == nil or e:find(":", 1, true) then return e end
+  return e .. ": " .. (UV_MESSAGES[e] or "libuv error")
+end
+
+-- Wraps a callback so that it gets luv's error in the long form.
+local function uvcb(cb)
+  if not cb then return nil end
+  return function(e) cb(uverr(e)) end
+end
+
 -- ---------------------------------------------------------------------------
 -- Deferred callbacks: a callback due while one of the stream's methods runs (depth > 0), or
 -- while earlier ones of the same stream still wait, is queued and run by one idle handle.
@@ -233,7 +255,7 @@ function M.wrap(handle, ctx, opts)
   end
   local ok, conn = pcall(ctx.new_connection, ctx, copts)
   if not ok then   -- the core names its own argument: say it is wrap's third
-    error((tostring(conn):gsub("^bad argument #2 to 'new_connection'", "bad argument #3 to 'wrap'")), 2)
+    error((tostring(conn):gsub("^bad argument #2 to '[^']*'", "bad argument #3 to 'wrap'")), 2)
   end
   local self = setmetatable({
     handle = handle, conn = conn,
@@ -262,8 +284,8 @@ function Stream:_flush(cb)
     return
   end
   local out = conn:drain()
-  local req, err = self.handle:write(out, cb)
-  if not req and cb then emit(self, cb, err) end
+  local req, err = self.handle:write(out, uvcb(cb))
+  if not req and cb then emit(self, cb, uverr(err)) end
 end
 
 -- Encrypts data (a string) and queues the ciphertext; cb gets the handle's verdict on the
@@ -293,8 +315,8 @@ function Stream:_send(data, cb)
     if cb then emit(self, cb, nil) end
     return true
   end
-  local req, err = self.handle:write(n == 1 and out[1] or out, cb)
-  if not req and cb then emit(self, cb, err) end
+  local req, err = self.handle:write(n == 1 and out[1] or out, uvcb(cb))
+  if not req and cb then emit(self, cb, uverr(err)) end
   return true
 end
 
@@ -320,7 +342,7 @@ function Stream:_sync_handle()
     local ok, err = h:read_start(on_read)
     if not ok then
       self.hreading = false
-      self:_fail(err)
+      self:_fail(uverr(err))
     end
   else
     self.handle:read_stop()
@@ -329,7 +351,7 @@ end
 
 function Stream:_on_read(err, chunk)
   if self.closing or self.err then return end
-  if err then return self:_fail(err) end
+  if err then return self:_fail(uverr(err)) end
   if chunk == nil then
     self.eof = true
   elseif self.inbuf then          -- cannot happen while reading is stopped; kept in order
@@ -588,8 +610,8 @@ function Stream:_do_shutdown()
     return
   end
   self:_flush()
-  local req, err = self.handle:shutdown(function(e) if cb then cb(e) end end)
-  if not req and cb then emit(self, cb, err) end
+  local req, err = self.handle:shutdown(uvcb(cb))
+  if not req and cb then emit(self, cb, uverr(err)) end
 end
 
 function Stream:shutdown(cb)
