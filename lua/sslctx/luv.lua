@@ -295,16 +295,15 @@ function Stream:_send(data, cb)
   local out, n = {}, 0
   local i, len = 1, #data
   while i <= len do
-    local piece = data:sub(i, i + PIECE - 1)
+    local piece = (i == 1 and len <= PIECE) and data or data:sub(i, i + PIECE - 1)
     local taken, msg, kind = conn:write(piece)
     if taken then
       i = i + taken
-    elseif kind ~= "want_write" then
-      return nil, errstr(msg, kind)
-    end
-    if conn:pending() > 0 then   -- also frees room under a buffer_limit
-      n = n + 1
+    elseif kind == "want_write" and conn:pending() > 0 then
+      n = n + 1                         -- a buffer_limit: move what waits, then go on
       out[n] = conn:drain()
+    else
+      return nil, errstr(msg, kind)
     end
   end
   if conn:pending() > 0 then
