@@ -144,7 +144,7 @@ results=$OUT/c10k.txt
 } | tee "$results"
 
 # ---- summary ----------------------------------------------------------------------------------
-"$LUA" - "$results" <<'EOF'
+"$LUA" - "$results" <<'EOF' | tee "$OUT/c10k.md"
 local rows, bulk = {}, { luv = {}, c = {} }
 for line in io.lines(arg[1]) do
   local impl, rest = line:match("^C10K impl=(%S+) (.*)$")
