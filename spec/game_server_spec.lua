@@ -20,7 +20,8 @@ end
 
 -- Starts the server (descriptor limit raised for the thousand); -> proc, port.
 local function start(cafile, seconds)
-  local cmd = ("sh -c %s"):format(q(("ulimit -n 4096 2>/dev/null; exec %s %s --port 0 --cert %s --key %s --cafile %s --max-seconds %d"):format(
+  local cmd = ("sh -c %s"):format(q(("ulimit -n 4096 2>/dev/null; exec %s %s --port 0 --cert %s --key %s --cafile %s "
+    .. "--max-seconds %d"):format(
     peers.lua(), q(peers.root() .. "/examples/game_server.lua"), q(peers.pki("server-chain.pem")),
     q(peers.pki("server.key")), q(cafile), seconds or 60)))
   local proc = peers.spawn(cmd, { name = "game_server", lifetime = (seconds or 60) + 20 })
