@@ -13,7 +13,9 @@
 # Prints one line per run: "C10K impl=luv|c clients= ok= rate= hs_p50_ms= hs_p99_ms=
 # rss_base_kib= rss_kib= rss_per_conn_kib=" and "C10K_BULK impl= mib_s=", then a markdown
 # summary.  RSS: the server's VmRSS once it listens, and again while the clients hold their
-# connections after the ramp; per connection = the difference / connections held.
+# connections after the ramp; per connection = the difference / connections held.  CPU: the
+# server's user + system time over the ramp, per connection (the load generator shares the
+# two CPUs, so the wall-clock rate also depends on how the scheduler splits them).
 #
 # Environment: BENCH_LUA [lua5.4], C10K_N clients [10000], C10K_CONCURRENCY handshakes in
 # flight [100], C10K_SECONDS bound of one ramp [150], C10K_HOLD seconds held [3],
@@ -66,6 +68,9 @@ cleanup() { [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true; }
 trap cleanup EXIT
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# CPU time (user + system) of a process, in clock ticks (the command name has no spaces here)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
 
 # start_server impl log -> sets server_pid and port
 start_server() {
@@ -94,10 +99,11 @@ start_server() {
 stop_server() { kill "$server_pid" 2>/dev/null || true; wait 2>/dev/null || true; server_pid=; }
 
 c10k_run() {
-  local impl=$1 log=$OUT/c10k-$1.log load=$OUT/c10k-$1.load base line after
+  local impl=$1 log=$OUT/c10k-$1.log load=$OUT/c10k-$1.load base line after cpu0 cpu1
   start_server "$impl" "$log"
   sleep 0.5
   base=$(rss_kib "$server_pid")
+  cpu0=$(cpu_ticks "$server_pid")
   timeout -k 5 $((SECS + HOLD + 30)) "$OUT/tlsload" --port "$port" --cafile "$PKI/root.pem" \
     --issuer-cert "$CA/ca.pem" --issuer-key "$CA/ca.key" --clients "$N" --concurrency "$CONC" \
     --seconds "$SECS" --hold "$HOLD" >"$load" 2>&1 &
@@ -107,6 +113,7 @@ c10k_run() {
     kill -0 "$load_pid" 2>/dev/null || break
     sleep 0.1
   done
+  cpu1=$(cpu_ticks "$server_pid")
   sleep 1
   after=$(rss_kib "$server_pid")
   wait "$load_pid" || true
@@ -115,7 +122,7 @@ c10k_run() {
   local ok
   ok=$(sed -n 's/.* ok=\([0-9]*\) .*/\1/p' <<<" $line ")
   stop_server
-  echo "C10K impl=$impl $line rss_base_kib=$base rss_kib=$after rss_per_conn_kib=$(awk -v a="$after" -v b="$base" -v n="$ok" 'BEGIN { printf "%.2f", (n > 0 ? (a - b) / n : 0) }')"
+  echo "C10K impl=$impl $line rss_base_kib=$base rss_kib=$after rss_per_conn_kib=$(awk -v a="$after" -v b="$base" -v n="$ok" 'BEGIN { printf "%.2f", (n > 0 ? (a - b) / n : 0) }') cpu_ms_per_conn=$(awk -v a="$cpu1" -v b="$cpu0" -v n="$ok" -v hz="$HZ" 'BEGIN { printf "%.3f", (n > 0 ? (a - b) * 1000 / hz / n : 0) }')"
 }
 
 # bulk_run impl: one server process, BULK_REPS + 1 clients one after the other; the first is
@@ -172,6 +179,8 @@ print(("| connections held | %d of %d | %d of %d | | all | %s |"):format(l.ok, l
 local rr = ratio(l.rate, c.rate)
 print(("| accept+handshake rate (/s) | %.0f | %.0f | %.2f | ≥ 0.90 | %s |"):format(l.rate, c.rate, rr,
   rr >= 0.9 and "met" or "missed"))
+print(("| server CPU per connection (ms) | %.2f | %.2f | %.2f | | |"):format(l.cpu_ms_per_conn,
+  c.cpu_ms_per_conn, ratio(l.cpu_ms_per_conn, c.cpu_ms_per_conn)))
 print(("| handshake p50 (ms) | %.1f | %.1f | %.2f | | |"):format(l.hs_p50_ms, c.hs_p50_ms, ratio(l.hs_p50_ms, c.hs_p50_ms)))
 local pr = ratio(l.hs_p99_ms, c.hs_p99_ms)
 print(("| handshake p99 (ms) | %.1f | %.1f | %.2f | ≤ 1.20 | %s |"):format(l.hs_p99_ms, c.hs_p99_ms, pr,
