@@ -345,6 +345,49 @@ describe_luv("sslctx.luv", function()
     assert.same({ "hs:ECANCELED: operation canceled", "w:ECANCELED: operation canceled", "close" }, order)
   end)
 
+  it("hostile callbacks: close inside the handshake callback with writes and a read pending; wrap inside a timeout", function()
+    local sctx = helper.server_ctx()
+    local order = {}
+    local port, server = listen(sctx, G(function(s) s:handshake(G(function() end)) end))
+    dial(port, G(function(tcp)
+      local s = tls.wrap(tcp, client_ctx(), { hostname = "localhost" })
+      s:write("queued before the handshake", G(function(e) order[#order + 1] = "w:" .. tostring(e) end))
+      s:read_start(G(function(e, d) order[#order + 1] = "r:" .. tostring(e) .. ":" .. tostring(d) end))
+      s:handshake(G(function(e)
+        order[#order + 1] = "hs:" .. tostring(e)
+        s:close(G(function() order[#order + 1] = "close" end))
+      end))
+    end))
+    assert.is_true(run_until(function() return order[#order] == "close" end))
+    assert.equal("hs:nil", order[1])
+    assert.equal("close", order[#order])
+    for _, e in ipairs(order) do assert.is_nil(e:match("^r:"), e) end   -- reads stop at close
+    -- a timeout callback that wraps (and times out) another stream
+    local fired, second, accepted = 0, nil, {}
+    local server2 = uv.new_tcp()
+    assert(server2:bind("127.0.0.1", 0))
+    server2:listen(8, G(function()
+      local tcp = uv.new_tcp()
+      server2:accept(tcp)
+      accepted[#accepted + 1] = tcp
+      if #accepted < 2 then return end
+      local first = tls.wrap(accepted[1], sctx, { handshake_timeout = 100 })
+      first:handshake(G(function(err)
+        fired = fired + 1
+        assert.truthy(err:match("^timeout: "), err)
+        first:close()
+        second = tls.wrap(accepted[2], sctx, { handshake_timeout = 50 })
+        second:handshake(G(function(e2) fired = fired + 1; second.err2 = e2; second:close() end))
+      end))
+    end))
+    local raws = {}
+    for _ = 1, 2 do dial(server2:getsockname().port, G(function(tcp) raws[#raws + 1] = tcp end)) end
+    assert.is_true(run_until(function() return fired == 2 end))
+    for _, r in ipairs(raws) do r:close() end
+    server:close(); server2:close()
+    assert.truthy(second.err2:match("^timeout: handshake not finished within 50 ms"), second.err2)
+  end)
+
   it("runs no callback inside the call that registers it", function()
     local sctx = helper.server_ctx()
     local port, server = listen(sctx, G(function(s)

@@ -184,7 +184,9 @@ local function arm(due)
         q[q.first] = nil
         q.first = q.first + 1
         if not (s.done_waiting or s.closing or s.err) then
+          depth = depth + 1   -- callbacks wait for the loop: they may wrap new streams
           s:_fail("timeout: handshake not finished within " .. ms .. " ms")
+          depth = depth - 1
         end
       end
       if q.first > q.last then
@@ -390,9 +392,6 @@ end
 function Stream:_handshake_done()
   self.hs = "done"
   self.done_waiting = true
-  local cbs = self.hs_cbs
-  self.hs_cbs = nil
-  if cbs then emit(self, run_cbs, cbs, nil) end
   local pre = self.pre
   self.pre = nil
   self.prebytes = 0
@@ -408,6 +407,10 @@ function Stream:_handshake_done()
     end
   end
   if self.shut == "waiting" then self:_do_shutdown() end
+  -- last: a callback that closes the stream finds nothing half done
+  local cbs = self.hs_cbs
+  self.hs_cbs = nil
+  if cbs and not self.err then emit(self, run_cbs, cbs, nil) end
 end
 
 -- Moves the stream as far as it goes: feed input, handshake, read, flush output.
@@ -423,7 +426,7 @@ function Stream:_pump()
       self:_flush()
       if ok then
         self:_handshake_done()
-        if self.err then return end
+        if self.err or self.closing then return end
       elseif kind ~= "want_read" and kind ~= "want_write" then
         return self:_fail(errstr(msg, kind))
       end
