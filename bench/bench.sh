@@ -14,7 +14,9 @@
 #   BENCH_LUA            interpreter [lua5.4]
 #   BENCH_REPS           repetitions [11 | 3]
 #   BENCH_WORKLOADS      subset [mem_hs mem_hs_vcb mem_hs_mtls mem_hs_resume mem_bulk
-#                        sock_hs sock_bulk reconnect mem_idle]
+#                        sock_hs sock_bulk reconnect mem_idle c10k]; c10k (bench/c10k.sh, its
+#                        C10K_* variables) runs once, after the repetitions, and prints its
+#                        own table (also in $BENCH_OUT/c10k.md); 1,000 clients under BENCH_QUICK
 #   BENCH_HS_N           handshakes per run [600 | 60]; mtls runs half, resume twice as many
 #   BENCH_BULK_MIB       MiB per bulk run [512 | 48]
 #   BENCH_RECONNECT_N    connections per reconnect run [600 | 60]
@@ -41,7 +43,7 @@ q() { if [ "$quick" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
 LUA=${BENCH_LUA:-lua5.4}
 REPS=${BENCH_REPS:-$(q 11 3)}
-WORKLOADS=${BENCH_WORKLOADS:-mem_hs mem_hs_vcb mem_hs_mtls mem_hs_resume mem_bulk sock_hs sock_bulk reconnect mem_idle}
+WORKLOADS=${BENCH_WORKLOADS:-mem_hs mem_hs_vcb mem_hs_mtls mem_hs_resume mem_bulk sock_hs sock_bulk reconnect mem_idle c10k}
 HS_N=${BENCH_HS_N:-$(q 600 60)}
 BULK_MIB=${BENCH_BULK_MIB:-$(q 512 48)}
 RECONNECT_N=${BENCH_RECONNECT_N:-$(q 600 60)}
@@ -126,6 +128,7 @@ one() {   # one run: rep label, command...
 for rep in $(seq 1 "$REPS"); do
   echo "== repetition $rep/$REPS (load $(cut -d' ' -f1 /proc/loadavg))" >&2
   for w in $WORKLOADS; do
+    [ "$w" = c10k ] && continue   # once, below
     n=$(n_for "$w")
     one "$rep" "$LUA" bench/run.lua "$w" "$PKI" "$n" "$MAXS"
     if [ "$w" = reconnect ]; then
@@ -135,6 +138,13 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 echo "META load_after_wallclock=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$results"
+
+# ---- c10k: 10,000 mutual-TLS clients, luv server against a C epoll server -----------------
+if [[ " $WORKLOADS " == *" c10k "* ]]; then
+  echo "== c10k (bench/c10k.sh)" >&2
+  C10K_N=${C10K_N:-$(q 10000 1000)} BENCH_LUA=$LUA BENCH_OUT=$OUT bash bench/c10k.sh >&2
+  grep -E '^(C10K|META c10k)' "$OUT/c10k.txt" >>"$results"
+fi
 
 # ---- callgrind: instructions per operation ----------------------------------
 # Every process of a run is counted (--trace-children: the sock_* and reconnect servers too);
@@ -228,3 +238,4 @@ fi
 echo "META load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$results"
 echo "META elapsed_s=$(( $(date +%s) - t_start ))" >>"$results"
 "$LUA" bench/report.lua "$results" | tee "$OUT/report.md"
+if [[ " $WORKLOADS " == *" c10k "* ]] && [ -f "$OUT/c10k.md" ]; then cat "$OUT/c10k.md"; fi

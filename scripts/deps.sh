@@ -18,6 +18,7 @@ PACKAGES="
     lua5.4 liblua5.4-dev
     luajit2 libluajit2-5.1-dev
     lua-busted lua-socket lua-check lua-sec luarocks
+    lua-luv lua-cqueues
     gnutls-bin curl nginx libnginx-mod-http-lua
     clang libclang-rt-14-dev valgrind
 "
