@@ -49,6 +49,8 @@ build = {
       ["sslctx.socket"] = "lua/sslctx/socket.lua",
       ["sslctx.ngx"] = "lua/sslctx/ngx.lua",
       ["sslctx.luasec"] = "lua/sslctx/luasec.lua",
+      ["sslctx.luv"] = "lua/sslctx/luv.lua",
+      ["sslctx.cqueues"] = "lua/sslctx/cqueues.lua",
    },
 }
 

@@ -79,7 +79,10 @@ describe("the rock installed by luarocks make (scripts/rock.sh)", function()
   end)
 
   t("installs every Lua module of the project", function()
-    for _, m in ipairs({ "sslctx", "sslctx/socket", "sslctx/ngx", "sslctx/luasec" }) do
+    local modules = { "sslctx" }
+    for f in helper.run("ls lua/sslctx"):gmatch("([%w_]+)%.lua") do modules[#modules + 1] = "sslctx/" .. f end
+    assert.is_true(#modules >= 6, "lua/sslctx/ lists no modules")
+    for _, m in ipairs(modules) do
       assert.truthy(helper.file_exists(SHARE .. "/" .. m .. ".lua"), m .. " missing from the rock")
     end
   end)
