@@ -40,6 +40,7 @@ build = {
             "src/core.c", "src/context.c", "src/connection.c", "src/verify.c",
             "src/x509.c", "src/pkey.c", "src/session.c", "src/bio.c",
             "src/hook.c", "src/policy.c", "src/trust.c",
+            "src/tickets.c", "src/sessstore.c",
          },
          libraries = { "ssl", "crypto", "dl" },
          incdirs = { "$(OPENSSL_INCDIR)" },

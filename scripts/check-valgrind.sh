@@ -21,7 +21,8 @@
 # (#gc), the bad-input tables in their smallest mode (SSLCTX_BADINPUT_QUICK=2: every method
 # and option, seven values each: a wrong type, -1, NaN, '', a 64 KiB string, a list holding a
 # closed object, an object of another class) and every 8th x509-limbo case
-# (SSLCTX_LIMBO_SAMPLE=8).  Left out: specs whose time is spent in other processes (interop,
+# (SSLCTX_LIMBO_SAMPLE=8), the lifetime specs and the policy-bound sessions (15 rounds of the
+# property spec).  Left out: specs whose time is spent in other processes (interop,
 # nginx, luasec, socket, examples: valgrind does not trace children) and the #gc churn and
 # #soak runs (10,000 objects or handshakes each: their code paths run in the part above, and
 # both measure memory themselves).
@@ -49,7 +50,8 @@ DEFAULT_SPECS="spec/context_spec.lua spec/mode_spec.lua spec/handshake_spec.lua
 spec/callback_spec.lua spec/posthandshake_spec.lua spec/renegotiation_spec.lua
 spec/resumption_spec.lua spec/servername_spec.lua spec/sni_spec.lua
 spec/session_cache_spec.lua spec/transport_spec.lua spec/x509_spec.lua spec/gc_spec.lua
-spec/badinput_spec.lua spec/limbo_spec.lua"
+spec/badinput_spec.lua spec/limbo_spec.lua spec/lifetime_spec.lua spec/policy_binding_spec.lua
+spec/policy_property_spec.lua"
 specs=()
 if [ $# -gt 0 ]; then
   specs=("$@")
@@ -64,6 +66,7 @@ fi
 
 export SSLCTX_BADINPUT_QUICK=2
 export SSLCTX_LIMBO_SAMPLE=${SSLCTX_LIMBO_SAMPLE:-8}
+export SSLCTX_PROPERTY_ROUNDS=${SSLCTX_PROPERTY_ROUNDS:-15}
 
 log=$OUT/busted.log
 vlog=$OUT/valgrind.log
@@ -93,7 +96,7 @@ while IFS= read -r -d '@' block; do
   [ -n "${block//[$'\n ']/}" ] || continue
   bytes=$(echo "$block" | grep -m 1 'definitely lost in loss record' | sed -E 's/^==[0-9]+== *([0-9,]+) (\([0-9,]+ direct, [0-9,]+ indirect\) )?bytes.*/\1/' | tr -d ,)
   [[ "$bytes" =~ ^[0-9]+$ ]] || bytes=0
-  if echo "$block" | grep -qE 'sslctx/core\.so|\((core|context|connection|verify|x509|pkey|session|bio|hook)\.c:[0-9]+\)'; then
+  if echo "$block" | grep -qE 'sslctx/core\.so|\((core|context|connection|verify|x509|pkey|session|bio|hook|policy|trust)\.c:[0-9]+\)'; then
     ours_bytes=$((ours_bytes + bytes)); ours_records=$((ours_records + 1))
     echo "$block" >> "$OUT/ours.txt"
   else

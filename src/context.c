@@ -34,8 +34,11 @@ static void ctx_release(sx_ctx *c) {
 static int ctx_gc(lua_State *L) {
   sx_ctx *c = ctx_check_any(L, 1);
   ctx_release(c);
-  OPENSSL_free(c->alpn_select_wire);   /* no connection is left to select with it */
+  /* no connection is left to select with the list, or to make tickets or sessions */
+  OPENSSL_free(c->alpn_select_wire);
   c->alpn_select_wire = NULL;
+  sx_tickets_free(&c->tickets);
+  sx_store_free(&c->store);
   return 0;
 }
 
@@ -958,6 +961,7 @@ static int session_helper(lua_State *L) {
 static int new_session_cb(SSL *ssl, SSL_SESSION *session) {
   sx_conn *conn = (sx_conn *)SSL_get_ex_data(ssl, sx_ssl_ex_index);
   session_call sc;
+  if (SSL_is_server(ssl)) return sx_store_new_session(ssl, session);
   if (conn == NULL || conn->L == NULL) return 0;
   sc.conn = conn;
   sc.session = session;
@@ -974,8 +978,22 @@ static int ctx_set_session_callback(lua_State *L) {
   mode = SSL_CTX_get_session_cache_mode(c->ctx) | SSL_SESS_CACHE_CLIENT;
   if (c->side == SX_CLIENT) mode |= SSL_SESS_CACHE_NO_INTERNAL_STORE;
   SSL_CTX_set_session_cache_mode(c->ctx, mode);
-  SSL_CTX_sess_set_new_cb(c->ctx, lua_isnil(L, 2) ? NULL : new_session_cb);
+  c->has_session_cb = !lua_isnil(L, 2);
+  sx_ctx_update_new_cb(c);
   return 0;
+}
+
+void sx_ctx_update_new_cb(sx_ctx *c) {
+  SSL_CTX_sess_set_new_cb(c->ctx, c->has_session_cb || c->store.on ? new_session_cb : NULL);
+}
+
+/* ctx:set_ticket_keys(keys) -> true (server contexts). */
+static int ctx_set_ticket_keys(lua_State *L) {
+  sx_ctx *c = sx_ctx_check(L, 1);
+  if (c->side == SX_CLIENT) return luaL_argerror(L, 1, "ticket keys are for server contexts");
+  sx_tickets_set(L, &c->tickets, 2);
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* 0 turns the server's session cache off (OpenSSL would read 0 as "unlimited"): with
@@ -1122,7 +1140,7 @@ static const char *const option_names[] = {
   "side", "verify", "verify_callback", "verify_depth", "ca_file", "ca_path", "ca", "client_ca",
   "certificate", "key", "password", "min_version", "max_version", "security_level", "ciphers",
   "ciphersuites", "groups", "alpn", "options", "post_handshake_auth", "session_cache_size",
-  "session_tickets", "dh", "verify_params", "release_buffers", NULL
+  "session_tickets", "dh", "verify_params", "release_buffers", "ticket_key_rotation", NULL
 };
 
 static void check_option_names(lua_State *L, int opts) {
@@ -1173,6 +1191,15 @@ static sx_ctx *ctx_create(lua_State *L, int side) {
                            SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_clear_options(c->ctx, SSL_OP_ALLOW_CLIENT_RENEGOTIATION);
   SSL_CTX_set_verify(c->ctx, c->policy[side == SX_CLIENT ? SX_CLIENT : SX_SERVER].mode, NULL);
+  if (side != SX_CLIENT) {   /* made-here ticket keys that rotate (tickets.c) */
+    sx_tickets_init(c->ctx, &c->tickets, SX_TICKET_ROTATION_DEFAULT);
+  }
+  if (side == SX_SERVER) {
+    /* TLS 1.2: forward-secret AEAD suites only (Mozilla's "intermediate" profile), in the
+     * server's order; TLS 1.3 keeps OpenSSL's suites.  Options ciphers/options win. */
+    if (!SSL_CTX_set_cipher_list(c->ctx, SX_SERVER_CIPHERS)) ERR_clear_error();
+    SSL_CTX_set_options(c->ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+  }
   return c;
 }
 
@@ -1289,6 +1316,14 @@ static void apply_settings(lua_State *L, int obj, sx_ctx *c, int opts) {
     if (!lua_isboolean(L, -1)) luaL_argerror(L, 1, "option 'session_tickets': boolean expected");
     if (lua_toboolean(L, -1)) SSL_CTX_clear_options(c->ctx, SSL_OP_NO_TICKET);
     else SSL_CTX_set_options(c->ctx, SSL_OP_NO_TICKET);
+    lua_pop(L, 1);
+  }
+  if (opt(L, opts, "ticket_key_rotation")) {
+    if (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) >= 0.001) ||
+        lua_tonumber(L, -1) > 1e9)
+      luaL_argerror(L, 1, "option 'ticket_key_rotation': seconds (a number from 0.001 to 1e9) expected");
+    if (c->side == SX_CLIENT) luaL_argerror(L, 1, "option 'ticket_key_rotation' is for server contexts");
+    c->tickets.rotation = (double)lua_tonumber(L, -1);
     lua_pop(L, 1);
   }
   if (opt(L, opts, "release_buffers")) {
@@ -1420,6 +1455,8 @@ void sx_context_open(lua_State *L) {
     {"set_session_id_context", ctx_set_session_id_context},
     {"set_session_callback", ctx_set_session_callback},
     {"set_session_cache_size", ctx_set_session_cache_size},
+    {"set_ticket_keys", ctx_set_ticket_keys},
+    {"set_session_store", sx_store_set},
     {"set_servername_callback", ctx_set_servername_callback},
     {"new_connection", sx_connection_new},
     {"side", ctx_side},

@@ -58,6 +58,24 @@ typedef struct sx_policy {
 
 /* ---- context ------------------------------------------------------------ */
 
+/* Session ticket keys of a server context (tickets.c). */
+struct sx_ticket_key;
+typedef struct sx_tickets {
+  struct sx_ticket_key *keys;   /* keys[0] encrypts; all decrypt */
+  int n, cap;
+  int app;                      /* given by set_ticket_keys: never rotated here */
+  double rotation;              /* seconds between made-here keys */
+} sx_tickets;
+
+/* A server context's external session store (sessstore.c). */
+typedef struct sx_store_cfg {
+  int on;
+  unsigned char key[32];        /* seals each session; never shown */
+  unsigned char (*removed)[SSL_MAX_SSL_SESSION_ID_LENGTH + 1];   /* ids to remove: len, id */
+  int n_removed, cap_removed;
+  long dropped;                 /* removals lost because the queue was full */
+} sx_store_cfg;
+
 typedef struct sx_ctx {
   SSL_CTX *ctx;                 /* NULL once closed */
   int side;                     /* SX_CLIENT, SX_SERVER, SX_BOTH */
@@ -83,6 +101,9 @@ typedef struct sx_ctx {
   int in_callback;              /* a callback of one of its connections is running */
   int store_shared;             /* trusts the process-wide default store (copy on write) */
   int params_identity;          /* verify params name a host or ip: clients need no hostname */
+  sx_tickets tickets;           /* server: ticket keys (until __gc: connections use them) */
+  sx_store_cfg store;           /* server: the session store, if any */
+  int has_session_cb;           /* client: set_session_callback gave a function */
   /* uservalue fields: "cb_client", "cb_server" (as given), "fn_client", "fn_server" (Lua
    * functions), "password", "alpn_select", "servername", "session_cb" */
 } sx_ctx;
@@ -129,6 +150,7 @@ typedef struct sx_conn {
   int switching;                /* inside the servername callback's context switch */
   int trust_unknown;            /* borrowed: its owner's store, not yet digested */
   int custom;                   /* its policy changed since it was made */
+  sx_ctx *origin;               /* the context it was made from (its slot keeps it alive) */
   unsigned long ctx_gen;        /* its context's policy_gen when it was made */
   SSL_SESSION *offer;           /* client: opts.session, until the handshake starts */
   unsigned char sid[32];        /* the session id context in force */
@@ -259,6 +281,25 @@ void sx_conn_set_peer(sx_ctx *c, sx_conn *conn, const char *host, size_t len, in
 /* Gives every open server connection of ctx that reads the context's client-CA list a copy
  * of its own, before the context changes it (connection.c). */
 void sx_conn_pin_client_ca(lua_State *L, SSL_CTX *ctx);
+
+/* ---- tickets.c / sessstore.c -------------------------------------------- */
+
+#define SX_TICKET_ROTATION_DEFAULT 86400.0
+/* Mozilla's "intermediate" TLS 1.2 list: ECDHE (and DHE, when parameters are set) with
+ * AES-GCM or ChaCha20-Poly1305. */
+#define SX_SERVER_CIPHERS \
+  "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
+  "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
+  "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+void sx_tickets_init(SSL_CTX *ctx, sx_tickets *t, double seconds);
+void sx_tickets_free(sx_tickets *t);
+int sx_tickets_set(lua_State *L, sx_tickets *t, int idx);
+int sx_store_set(lua_State *L);      /* ctx:set_session_store */
+void sx_store_free(sx_store_cfg *s);
+int sx_store_new_session(SSL *ssl, SSL_SESSION *sess);
+/* Installs OpenSSL's new-session callback while a client session callback or a server
+ * session store needs it (context.c). */
+void sx_ctx_update_new_cb(sx_ctx *c);
 
 /* ---- trust.c: trust stores and their identities ------------------------- */
 
