@@ -22,7 +22,8 @@ BUSTED ?= /usr/bin/busted
 
 SRCS := src/core.c src/context.c src/connection.c src/verify.c src/x509.c \
         src/pkey.c src/session.c src/bio.c src/hook.c \
-        src/policy.c src/trust.c src/tickets.c src/sessstore.c
+        src/policy.c src/trust.c src/tickets.c src/sessstore.c src/callback.c \
+        src/ctx_callbacks.c
 HDRS := src/compat.h src/private.h
 
 # Search paths for the specs: our Lua front and spec helpers, then the default.

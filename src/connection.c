@@ -200,41 +200,6 @@ static int push_kind(lua_State *L, const char *kind) {
   return 3;
 }
 
-/* An error object's __tostring, run protected: it is user code too. */
-static int tostring_helper(lua_State *L) {
-  luaL_callmeta(L, 1, "__tostring");
-  return 1;
-}
-
-/* Pushes the text of the error value at idx. */
-static void push_error_text(lua_State *L, int idx) {
-  if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER) {
-    lua_pushstring(L, lua_tostring(L, idx));
-    return;
-  }
-  if (luaL_getmetafield(L, idx, "__tostring") != 0) {
-    lua_pop(L, 1);
-    lua_pushcfunction(L, tostring_helper);
-    lua_pushvalue(L, idx);
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) return;
-    lua_pop(L, 1);
-  }
-  lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
-}
-
-/* The failure of a Lua callback: nil, "<name> callback: <error>", "callback". */
-static int push_callback_error(lua_State *L, sx_conn *conn) {
-  const char *name = conn->cb_name != NULL ? conn->cb_name : "verify";
-  conn->fatal = "callback";
-  ERR_clear_error();
-  lua_pushnil(L);
-  push_error_text(L, conn->cb_err_index);
-  lua_pushfstring(L, "%s callback: %s", name, lua_tostring(L, -1));
-  lua_remove(L, -2);
-  lua_pushliteral(L, "callback");
-  return 3;
-}
-
 static int is_verify_failure(unsigned long e) {
   int reason = ERR_GET_REASON(e);
   return ERR_GET_LIB(e) == ERR_LIB_SSL &&
@@ -292,7 +257,7 @@ static io_status io_classify(sx_conn *conn, int r) {
 static int push_io_result(lua_State *L, sx_conn *conn, io_status st) {
   int err = st.err;
   errno = st.sys_errno;
-  if (conn->cb_failed) return push_callback_error(L, conn);
+  if (conn->cb_failed) return sx_push_callback_failure(L, conn);
   switch (err) {
   case SSL_ERROR_WANT_READ: return push_kind(L, "want_read");
   case SSL_ERROR_WANT_WRITE: return push_kind(L, "want_write");
@@ -922,23 +887,41 @@ static int conn_is_borrowed(lua_State *L) {
   return 1;
 }
 
-/* Copy on write of a context's client-CA list: OpenSSL reads the context's list at the time
- * of each certificate request of a connection that has none of its own. */
-void sx_conn_pin_client_ca(lua_State *L, SSL_CTX *ctx) {
-  STACK_OF(X509_NAME) *list = SSL_CTX_get_client_CA_list(ctx);
-  sx_objects_push_all(L);
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    sx_conn *conn = (sx_conn *)luaL_testudata(L, -1, SX_CONN_MT);
-    if (conn != NULL && conn->ssl != NULL && !conn->borrowed && conn->side == SX_SERVER &&
-        SSL_get_SSL_CTX(conn->ssl) == ctx && SSL_get_client_CA_list(conn->ssl) == list) {
-      STACK_OF(X509_NAME) *copy = SSL_dup_CA_list(list);
-      if (copy == NULL) luaL_error(L, "out of memory");   /* nothing changed yet */
-      SSL_set_client_CA_list(conn->ssl, copy);
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
+/* ---- the servername callback's switch ---------------------------------- */
+
+/* Applies the new context's server policy to the connection: everything SSL_set_SSL_CTX does
+ * not carry over itself (mode, callback, depth, parameters, trust store, client-CA list),
+ * then the session id context of the connection's policy as it now is. */
+void sx_conn_switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx) {
+  SSL *ssl = conn->ssl;
+  X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+  int soft_fail = conn->policy.soft_fail;
+  sx_ctx_refresh_sid(nc);
+  SSL_set_SSL_CTX(ssl, nc->ctx);
+  SSL_set_client_CA_list(ssl, NULL);   /* the new context's, pinned if it changes */
+  nc->names_lent = 1;
+  if (!sx_ctx_lend_trust(nc, ssl)) luaL_error(L, "out of memory");
+  conn->policy = nc->policy[SX_SERVER];
+  conn->policy.soft_fail = soft_fail;   /* the connection's own choice */
+  sx_apply_verify(ssl, &conn->policy);
+  X509_VERIFY_PARAM_set_inh_flags(param, X509_VP_FLAG_OVERWRITE | X509_VP_FLAG_RESET_FLAGS);
+  X509_VERIFY_PARAM_set1(param, SSL_CTX_get0_param(nc->ctx));
+  X509_VERIFY_PARAM_set_inh_flags(param, 0);
+  SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(nc->ctx));
+  SSL_set_security_level(ssl, SSL_CTX_get_security_level(nc->ctx));
+  conn->named = 0;       /* the new context's policy replaces whatever named the old one */
+  conn->switching = 1;   /* before session lookup: nothing to relabel */
+  sx_conn_policy_changed(L, conn);
+  conn->switching = 0;
+  sx_getuv(L, nc_idx);
+  lua_getfield(L, -1, "cb_server");
+  lua_remove(L, -2);
+  sx_conn_push(L, conn);      /* value, conn */
+  lua_pushvalue(L, -2);
+  sx_setslot(L, -2, SX_SLOT_CB);
+  lua_pushvalue(L, nc_idx);
+  sx_setslot(L, -2, SX_SLOT_CTX);
+  lua_pop(L, 2);
 }
 
 /* ---- creation ----------------------------------------------------------- */

@@ -161,13 +161,6 @@ int sx_keyword_index(const char *s, const char *const names[]) {
   return -1;
 }
 
-int sx_checkoption(lua_State *L, int arg, const char *def, const char *const names[]) {
-  const char *s = def != NULL ? luaL_optstring(L, arg, def) : luaL_checkstring(L, arg);
-  int i = sx_keyword_index(s, names);
-  if (i < 0) return luaL_argerror(L, arg, lua_pushfstring(L, "invalid option '%s'", s));
-  return i;
-}
-
 int sx_is_pem_text(const char *s, size_t len) {
   size_t i = 0;
   while (i < len && isspace((unsigned char)s[i])) i++;

@@ -190,7 +190,6 @@ typedef struct sx_where {
 } sx_where;
 int sx_where_error(lua_State *L, sx_where w, const char *problem);
 int sx_where_typeerror(lua_State *L, sx_where w, int idx, const char *expected);
-int sx_checkoption(lua_State *L, int arg, const char *def, const char *const names[]);
 /* Accepts "a_b" and "a-b" spellings of keyword names; -1 if unknown. */
 int sx_keyword_index(const char *s, const char *const names[]);
 int sx_is_pem_text(const char *s, size_t len);  /* first non-blank is "-----BEGIN" */
@@ -259,6 +258,14 @@ int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void 
 /* Pushes conn's Lua object (its values: sx_getslot); inside a protected helper. */
 void sx_conn_push(lua_State *L, sx_conn *conn);
 
+/* ---- callback.c: the failure protocol ------------------------------------ */
+
+/* nil, "<name> callback: <message>", "callback" for the failure sx_callback_run kept. */
+int sx_push_callback_failure(lua_State *L, sx_conn *conn);
+/* As sx_callback_run, but a failure is only logged (the connection's logger), as
+ * "<what>: <message>": 1, or 0 when it failed. */
+int sx_callback_run_logged(sx_conn *conn, const char *what, lua_CFunction helper, void *data);
+
 /* ---- context.c / connection.c / session.c ------------------------------ */
 
 void sx_context_open(lua_State *L);
@@ -278,9 +285,7 @@ void sx_conn_policy_changed(lua_State *L, sx_conn *conn);
 void sx_conn_client_start(sx_conn *conn);
 void sx_conn_name_policy(sx_conn *conn, const unsigned char *sid, size_t len);
 void sx_conn_set_peer(sx_ctx *c, sx_conn *conn, const char *host, size_t len, int checked);
-/* Gives every open server connection of ctx that reads the context's client-CA list a copy
- * of its own, before the context changes it (connection.c). */
-void sx_conn_pin_client_ca(lua_State *L, SSL_CTX *ctx);
+
 
 /* ---- tickets.c / sessstore.c -------------------------------------------- */
 
@@ -297,9 +302,16 @@ int sx_tickets_set(lua_State *L, sx_tickets *t, int idx);
 int sx_store_set(lua_State *L);      /* ctx:set_session_store */
 void sx_store_free(sx_store_cfg *s);
 int sx_store_new_session(SSL *ssl, SSL_SESSION *sess);
+/* ---- ctx_callbacks.c ----------------------------------------------------- */
+
 /* Installs OpenSSL's new-session callback while a client session callback or a server
- * session store needs it (context.c). */
+ * session store needs it. */
 void sx_ctx_update_new_cb(sx_ctx *c);
+int sx_alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                      const unsigned char *in, unsigned int inlen, void *arg);
+int sx_client_hello_cb(SSL *ssl, int *alert, void *arg);
+/* connection.c: the servername callback moves the connection to the context at nc_idx. */
+void sx_conn_switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx);
 
 /* ---- trust.c: trust stores and their identities ------------------------- */
 
@@ -310,6 +322,9 @@ int sx_trust_add_dir(X509_STORE *store, const char *dir, unsigned char id[32], c
 int sx_trust_add_defaults(X509_STORE *store, unsigned char id[32], char **dirs);
 X509_STORE *sx_trust_copy(X509_STORE *from, const char *dirs);
 void sx_trust_digest_objects(X509_STORE *store, unsigned char id[32]);
+/* Gives every open server connection of ctx that reads the context's client-CA list a copy
+ * of its own, before the context changes it. */
+void sx_trust_pin_client_ca(lua_State *L, SSL_CTX *ctx);
 
 void sx_connection_open(lua_State *L);
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */

@@ -55,44 +55,6 @@ static void push_store_fn(lua_State *L, sx_conn *conn, const char *field) {
   lua_pop(L, 2);
 }
 
-static int logger_helper(lua_State *L) {
-  sx_conn *conn = (sx_conn *)lua_touserdata(L, 1);
-  const char *msg = lua_tostring(L, 2);
-  sx_conn_push(L, conn);
-  sx_getslot(L, -1, SX_SLOT_LOGGER);
-  if (lua_isfunction(L, -1)) {
-    lua_pushstring(L, msg);
-    lua_call(L, 1, 0);
-  }
-  return 0;
-}
-
-/* The failure on top of the stack goes to the connection's logger (itself run protected),
- * then is popped. */
-static void log_failure(lua_State *L, sx_conn *conn, const char *what) {
-  const char *text = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-  lua_pushcfunction(L, logger_helper);
-  lua_pushlightuserdata(L, conn);
-  if (text != NULL) lua_pushfstring(L, "session store %s: %s", what, text);
-  else lua_pushfstring(L, "session store %s: (error object is a %s value)", what,
-                       luaL_typename(L, -3));
-  lua_pcall(L, 2, 0, 0);   /* a failing logger is dropped */
-  lua_pop(L, 1);
-}
-
-static int run_store(sx_conn *conn, const char *what, lua_CFunction helper, void *data) {
-  lua_State *L = conn->L;
-  int rc;
-  conn->in_callback++;
-  ERR_set_mark();
-  rc = sx_cpcall(L, helper, data);
-  ERR_pop_to_mark();
-  conn->in_callback--;
-  if (rc == LUA_OK) return 1;
-  log_failure(L, conn, what);
-  return 0;
-}
-
 /* ---- removals ------------------------------------------------------------- */
 
 static int flush_helper(lua_State *L) {
@@ -110,7 +72,7 @@ static int flush_helper(lua_State *L) {
 }
 
 static void flush_removed(sx_conn *conn) {
-  if (conn->origin->store.n_removed > 0) run_store(conn, "remove", flush_helper, conn);
+  if (conn->origin->store.n_removed > 0) sx_callback_run_logged(conn, "session store remove", flush_helper, conn);
 }
 
 static void remove_cb(SSL_CTX *ctx, SSL_SESSION *sess) {
@@ -182,7 +144,7 @@ int sx_store_new_session(SSL *ssl, SSL_SESSION *sess) {
   flush_removed(conn);
   nc.conn = conn;
   nc.sess = sess;
-  run_store(conn, "new", new_helper, &nc);
+  sx_callback_run_logged(conn, "session store new", new_helper, &nc);
   return 0;   /* OpenSSL keeps its reference */
 }
 
@@ -250,7 +212,7 @@ static SSL_SESSION *get_cb(SSL *ssl, const unsigned char *id, int id_len, int *c
   gc.id = id;
   gc.id_len = id_len;
   gc.found = NULL;
-  if (!run_store(conn, "get", get_helper, &gc) && gc.found != NULL) {
+  if (!sx_callback_run_logged(conn, "session store get", get_helper, &gc) && gc.found != NULL) {
     SSL_SESSION_free(gc.found);   /* raised after it was found: a miss all the same */
     gc.found = NULL;
   }

@@ -131,6 +131,27 @@ X509_STORE *sx_trust_copy(X509_STORE *from, const char *dirs) {
   return to;
 }
 
+/* ---- client-CA lists ---------------------------------------------------- */
+
+/* Copy on write of a context's client-CA list: OpenSSL reads the context's list at the time
+ * of each certificate request of a connection that has none of its own. */
+void sx_trust_pin_client_ca(lua_State *L, SSL_CTX *ctx) {
+  STACK_OF(X509_NAME) *list = SSL_CTX_get_client_CA_list(ctx);
+  sx_objects_push_all(L);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    sx_conn *conn = (sx_conn *)luaL_testudata(L, -1, SX_CONN_MT);
+    if (conn != NULL && conn->ssl != NULL && !conn->borrowed && conn->side == SX_SERVER &&
+        SSL_get_SSL_CTX(conn->ssl) == ctx && SSL_get_client_CA_list(conn->ssl) == list) {
+      STACK_OF(X509_NAME) *copy = SSL_dup_CA_list(list);
+      if (copy == NULL) luaL_error(L, "out of memory");   /* nothing changed yet */
+      SSL_set_client_CA_list(conn->ssl, copy);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 /* The identity of a store the module did not build (nginx's, under the hook): its objects as
  * they are now.  Sessions then resume only where the same objects are loaded. */
 void sx_trust_digest_objects(X509_STORE *store, unsigned char id[32]) {

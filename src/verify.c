@@ -274,34 +274,6 @@ int sslctx_cb_insecure_accept_all(int ok, X509_STORE_CTX *store) {
   return 1;
 }
 
-/* ---- running Lua from an OpenSSL callback -------------------------------- */
-
-void sx_conn_push(lua_State *L, sx_conn *conn) {
-  if (!sx_objects_push(L, conn)) luaL_error(L, "connection object is gone");
-}
-
-int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void *data) {
-  lua_State *L = conn->L;
-  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(conn->ssl), sx_ctx_ex_index);
-  int rc;
-  conn->in_callback++;
-  if (c != NULL) c->in_callback++;   /* its trust store is in use: see ctx trust setters */
-  ERR_set_mark();   /* whatever the Lua code does to the error queue stays its own */
-  rc = sx_cpcall(L, helper, data);
-  ERR_pop_to_mark();
-  if (c != NULL) c->in_callback--;
-  conn->in_callback--;
-  if (rc == LUA_OK) return 1;
-  if (conn->cb_failed) {
-    lua_pop(L, 1);  /* the first failure is the one reported */
-  } else {
-    conn->cb_failed = 1;
-    conn->cb_name = name;
-    conn->cb_err_index = lua_gettop(L);
-  }
-  return 0;
-}
-
 /* ---- the store object --------------------------------------------------- */
 
 /* Valid only during its verify callback.  The object is unreachable from the moment the
