@@ -1078,6 +1078,35 @@ describe("examples/nginx/nginx.conf", function()
     assert.truthy(good:find("http_code=200", 1, true), good)
   end)
 
+  it("guards mtls.example and soft.example against fronting (SNI for one name, Host for another)", function()
+    local function front(sni, host, cert)
+      local args = { "curl -sS --max-time 10 --cacert", q(pki("ca.pem")),
+                     "--resolve", q(sni .. ":" .. tls_port .. ":127.0.0.1"), "-H", q("Host: " .. host),
+                     "-w 'http_code=%{http_code}\\n'" }
+      if cert then
+        args[#args + 1] = "--cert " .. q(pki(cert .. "-chain.pem")) .. " --key " .. q(pki(cert .. ".key"))
+      end
+      args[#args + 1] = q("https://" .. sni .. ":" .. tls_port .. "/")
+      return helper.run(table.concat(args, " ") .. " 2>&1")
+    end
+    -- public.example's handshake (no certificate asked), Host of a protected block: 421
+    for _, host in ipairs({ "mtls.example", "soft.example" }) do
+      local out = front("public.example", host, "client")
+      assert.truthy(out:find("http_code=421", 1, true), host .. ": " .. out)
+      assert.falsy(out:find("client certificate:", 1, true), host .. ": " .. out)
+    end
+    -- a certificate verified under soft.example's policy, Host mtls.example: 421
+    local soft_to_mtls = front("soft.example", "mtls.example", "client")
+    assert.truthy(soft_to_mtls:find("http_code=421", 1, true), soft_to_mtls)
+    -- and mtls.example's handshake, Host soft.example: 421 too
+    local mtls_to_soft = front("mtls.example", "soft.example", "client")
+    assert.truthy(mtls_to_soft:find("http_code=421", 1, true), mtls_to_soft)
+    -- the right name on both: 200
+    local own = front("mtls.example", "mtls.example", "client")
+    assert.truthy(own:find("http_code=200", 1, true), own)
+    assert.truthy(own:find("verified: true", 1, true), own)
+  end)
+
   it("/fetch is a verified TLS client over a cosocket", function()
     local out = helper.run("curl -sS --max-time 10 http://127.0.0.1:" .. http_port .. "/fetch 2>&1")
     assert.truthy(out:find("upstream: CN=site.test via TLSv1.3, ALPN http/1.1, verify: ok", 1, true), out)
