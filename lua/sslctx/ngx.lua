@@ -1,7 +1,8 @@
 --- sslctx.ngx: OpenResty integration (doc/reference.md, doc/openresty.md).
 --
 -- Client:  sngx.connect(sock, ctx [, opts]) -> stream | nil, message, kind
---          TLS over a connected ngx.socket.tcp cosocket, through the memory transport.
+--          TLS over a connected ngx.socket.tcp cosocket, through the memory transport;
+--          opts.session_dict shares client sessions among the workers.
 -- Server:  sngx.set_policy(name)                          (ssl_client_hello_by_lua*)
 --          sngx.set_verification_mode(mode [, cb [, opts]]) (ssl_certificate_by_lua*)
 --          sngx.verdict() -> code, string, verified, peer_pem, policy, sni (request phases)
