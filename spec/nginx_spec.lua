@@ -21,7 +21,7 @@ end
 
 local ROOT = helper.run("pwd"):match("[^\n]+")
 local PORTS = { "HTTP_PORT", "GOOD_PORT", "EXPIRED_PORT", "WRONGHOST_PORT", "UNTRUSTED_PORT",
-                "MTLS_PORT", "NOPOLICY_PORT" }
+                "MTLS_PORT", "NOPOLICY_PORT", "HOOKN_PORT", "HOOKU_PORT" }
 local CERTS = { "ca.pem", "int.pem", "other-ca.pem", "server-chain.pem", "server.key",
                 "expired-chain.pem", "expired.key", "wronghost-chain.pem", "wronghost.key",
                 "untrusted-chain.pem", "untrusted.key", "client.pem", "client2.pem" }
@@ -67,6 +67,38 @@ end
 local function make_sni_cert(dir)
   make_server_cert(dir, "sni", { "a.test", "b.test", "c.test", "d.test", "e.test", "f.test",
                                  "g.test" })
+end
+
+-- The hook listeners: a server block per policy (spec/nginx/specsrv.lua, HOOK), on
+-- HOOKN_PORT with the policy named in ssl_client_hello_by_lua and on HOOKU_PORT without.
+-- "none" (the default server) has no certificate hook at all.
+local HOOK_LABELS = { "none", "strict", "otherca", "cacc", "lacc", "soft", "never" }
+
+local function hook_servers()
+  local out = {}
+  for _, named in ipairs({ true, false }) do
+    for _, label in ipairs(HOOK_LABELS) do
+      out[#out + 1] = table.concat({
+        "    server {",
+        "        listen 127.0.0.1:${" .. (named and "HOOKN_PORT" or "HOOKU_PORT") .. "} ssl;",
+        "        server_name " .. label .. ".hook.test;",
+        "        ssl_certificate certs/hook-chain.pem;",
+        "        ssl_certificate_key certs/hook.key;",
+        "        ssl_trusted_certificate certs/trust.pem;",
+        named and '        ssl_client_hello_by_lua_block { require("specsrv").hook_hello() }' or "",
+        label ~= "none" and
+          ('        ssl_certificate_by_lua_block { require("specsrv").hook_cert("' .. label .. '") }')
+          or "",
+        '        location / { content_by_lua_block { require("specsrv").report() } }',
+        "        location = /guarded {",
+        '            access_by_lua_block { require("sslctx.ngx").require_policy("hook-' .. label .. '") }',
+        '            content_by_lua_block { require("specsrv").report() }',
+        "        }",
+        "    }",
+      }, "\n")
+    end
+  end
+  return table.concat(out, "\n")
 end
 
 describe("sslctx.ngx in a real nginx", function()
@@ -151,12 +183,20 @@ describe("sslctx.ngx in a real nginx", function()
     local certs = {}
     for _, name in ipairs(CERTS) do certs[name] = pki(name) end
     local template = assert(ng.read_file("spec/nginx/nginx.conf.in"))
+    template = template:gsub("%${HOOK_SERVERS}", function() return hook_servers() end)
     pki_ca = pki("ca.pem")
     -- The SNI certificate is made before nginx starts, in a directory of its own.
     local tmp = helper.run("mktemp -d /tmp/sslctx-sni.XXXXXX"):match("[^\n]+")
     local ok, err = pcall(function()
       make_sni_cert(tmp)
       certs["sni-chain.pem"], certs["sni.key"] = tmp .. "/sni-chain.pem", tmp .. "/sni.key"
+      local names = {}
+      for i, label in ipairs(HOOK_LABELS) do names[i] = label .. ".hook.test" end
+      make_server_cert(tmp, "hook", names)
+      certs["hook-chain.pem"], certs["hook.key"] = tmp .. "/hook-chain.pem", tmp .. "/hook.key"
+      -- session ticket keys of the upstreams: the same after a reload
+      assert(helper.exec_ok("openssl rand -out " .. q(tmp .. "/ticket.key") .. " 80"))
+      certs["ticket.key"] = tmp .. "/ticket.key"
       srv = ng.start{
         conf = ng.render(template, vars),
         certs = certs,
@@ -740,6 +780,169 @@ describe("sslctx.ngx in a real nginx", function()
     end
   end)
 
+  describe("hook policies and resumption (set_verification_mode per connection)", function()
+    -- What each lax policy lets in that the strict one (a.test's: client.pem only) refuses.
+    local LAX = {
+      { "otherca", "client-untrusted", pki("other-ca.pem") },   -- another CA
+      { "cacc", "client2" },                                    -- a C callback accepting all
+      { "lacc", "client2" },                                    -- a Lua callback accepting all
+      { "soft", "client2" },                                    -- soft fail
+      { "never" },                                              -- no certificate asked
+    }
+
+    local function tmpdir()
+      local dir = helper.run("mktemp -d /tmp/sslctx-hook.XXXXXX"):match("[^\n]+")
+      finally(function() helper.exec_ok("rm -rf " .. q(dir)) end)
+      return dir
+    end
+
+    for _, version in ipairs({ "-tls1_2", "-tls1_3" }) do
+      it("named policies: a lax session resumes under its own name, never into the strict one (" ..
+         version .. ")", function()
+        local dir = tmpdir()
+        local p = port.HOOKN_PORT
+        for _, lax in ipairs(LAX) do
+          local label, cert, chain = lax[1], lax[2], lax[3]
+          local sess = dir .. "/" .. label .. ".sess"
+          local made = s_client(label .. ".hook.test", { port = p, version = version, cert = cert,
+                                                          chain = chain, sess_out = sess })
+          assert.equal(200, made.status, label .. ": " .. made.raw)
+          assert.equal("hook-" .. label, made.policy)
+          -- the cache and the tickets work: the same name resumes, with no certificate sent
+          local again = s_client(label .. ".hook.test", { port = p, version = version, sess_in = sess })
+          assert.is_true(again.resumed, label .. ": " .. again.raw)
+          assert.equal(200, again.status, label .. ": " .. again.raw)
+          -- offered to the strict block: a full handshake, refused for want of a certificate
+          local cross = s_client("strict.hook.test", { port = p, version = version, sess_in = sess })
+          assert.is_false(cross.resumed, label .. ": " .. cross.raw)
+          assert.is_nil(cross.status, label .. ": " .. cross.raw)
+          -- and fronting the strict block's guarded location on the lax name: 421
+          local front_lax = s_client(label .. ".hook.test", { port = p, version = version, sess_in = sess,
+                                                              host = "strict.hook.test", path = "/guarded" })
+          assert.equal(421, front_lax.status, label .. ": " .. front_lax.raw)
+        end
+        -- the strict policy's own session resumes with its verdict; the hook does not run
+        -- again on a resumed handshake (OpenSSL skips the certificate callback)
+        local sess = dir .. "/strict.sess"
+        local before = log_count("sslctx%-spec hook%-cert strict")
+        local made = s_client("strict.hook.test", { port = p, version = version, cert = "client",
+                                                    sess_out = sess, path = "/guarded" })
+        assert.equal(200, made.status, made.raw)
+        assert.equal(before + 1, log_count("sslctx%-spec hook%-cert strict"))
+        local again = s_client("strict.hook.test", { port = p, version = version, sess_in = sess,
+                                                     path = "/guarded" })
+        assert.is_true(again.resumed, again.raw)
+        assert.equal(200, again.status, again.raw)
+        assert.equal("true", again.verified)
+        assert.equal(before + 1, log_count("sslctx%-spec hook%-cert strict"))
+      end)
+
+      it("unnamed policies: hook sessions resume nowhere; a block without the hook is the trap (" ..
+         version .. ")", function()
+        local dir = tmpdir()
+        local p = port.HOOKU_PORT
+        for _, lax in ipairs(LAX) do
+          local label, cert, chain = lax[1], lax[2], lax[3]
+          local sess = dir .. "/" .. label .. ".sess"
+          local made = s_client(label .. ".hook.test", { port = p, version = version, cert = cert,
+                                                          chain = chain, sess_out = sess })
+          assert.equal(200, made.status, label .. ": " .. made.raw)
+          assert.equal("nil", made.policy)
+          -- the session carries its policy's digest; the lookup uses nginx's own context
+          local again = s_client(label .. ".hook.test", { port = p, version = version, sess_in = sess })
+          assert.is_false(again.resumed, label .. ": " .. again.raw)
+          local cross = s_client("strict.hook.test", { port = p, version = version, sess_in = sess })
+          assert.is_false(cross.resumed, label .. ": " .. cross.raw)
+          assert.is_nil(cross.status, label .. ": " .. cross.raw)
+        end
+        local strict = dir .. "/strict.sess"
+        local made = s_client("strict.hook.test", { port = p, version = version, cert = "client",
+                                                    sess_out = strict })
+        assert.equal(200, made.status, made.raw)
+        assert.equal("true", made.verified)
+        assert.is_false(s_client("strict.hook.test", { port = p, version = version,
+                                                       sess_in = strict }).resumed)
+        -- a block with no certificate hook leaves its sessions under nginx's context: they
+        -- resume on the strict block and skip its hook.  Only the request phase can see it.
+        local none = dir .. "/none.sess"
+        s_client("none.hook.test", { port = p, version = version, sess_out = none })
+        local trap = s_client("strict.hook.test", { port = p, version = version, sess_in = none,
+                                                    path = "/guarded" })
+        assert.is_true(trap.resumed, trap.raw)
+        assert.equal(421, trap.status, trap.raw)   -- no policy named: require_policy refuses
+      end)
+    end
+  end)
+
+  describe("client sessions shared by the workers (opts.session_dict)", function()
+    for _, v in ipairs({ "tls1.2", "tls1.3" }) do
+      it("resumes under an equal policy, in this worker and the next; never under another (" ..
+         v .. ")", function()
+        local function dict(policy, pname, host)
+          return parse(http("/dict?policy=" .. policy .. "&v=" .. v .. "&port=" .. port[pname] ..
+                            "&host=" .. (host or "localhost")))
+        end
+        local function twice(policy, pname, host)
+          local first = dict(policy, pname, host)
+          assert.equal("true", first.ok, policy .. ": " .. first.raw)
+          local second = dict(policy, pname, host)
+          assert.equal("true", second.ok, policy .. ": " .. second.raw)
+          assert.equal("true", second.reused, policy .. ": " .. second.raw)
+          return first, second
+        end
+        -- E: the expired upstream, which only the lax policy ("never") lets through
+        local _, lax = twice("lax", "EXPIRED_PORT")
+        assert.equal("10 certificate has expired", lax.verify, lax.raw)
+        local ttl = tonumber(lax.ttl)
+        assert.truthy(ttl and ttl > 0 and ttl <= 7200, lax.raw)   -- entries expire with the session
+        -- the strict policy, offered the target's latest session (the lax one): refused by the
+        -- core, a full handshake, and the expired certificate is seen
+        local strict_e = dict("strict", "EXPIRED_PORT")
+        assert.equal("false", strict_e.ok, strict_e.raw)
+        assert.equal("verify", strict_e.kind, strict_e.raw)
+        -- A: the good upstream by name.  Each policy resumes its own; a Lua callback's policy
+        -- is not the strict default's
+        twice("strict", "GOOD_PORT")
+        local cb_first = dict("laxcb", "GOOD_PORT")
+        assert.equal("true", cb_first.ok, cb_first.raw)
+        assert.equal("false", cb_first.reused, cb_first.raw)
+        assert.equal("true", dict("laxcb", "GOOD_PORT").reused)
+        assert.equal("true", dict("strict", "GOOD_PORT").reused)   -- its own, by its policy
+        twice("named", "GOOD_PORT")                                -- (latest on A: named)
+        -- B: the good upstream by IP, another target; latest there: the Lua callback's
+        twice("laxcb", "GOOD_PORT", "127.0.0.1")
+        -- a reload: new worker processes, the same dict
+        local pid = lax.pid
+        srv:reload()
+        -- equal policies without Lua callbacks resume across processes
+        local lax2 = dict("lax", "EXPIRED_PORT")
+        assert.truthy(lax2.pid ~= pid, lax2.raw)
+        assert.equal("true", lax2.reused, lax2.raw)
+        -- the strict policy still never takes the lax session
+        local strict2 = dict("strict", "EXPIRED_PORT")
+        assert.equal("false", strict2.ok, strict2.raw)
+        assert.equal("verify", strict2.kind, strict2.raw)
+        -- callbacks named by ctx:set_session_id_context: across processes
+        assert.equal("true", dict("named", "GOOD_PORT").reused)
+        -- a Lua callback counts per process: the old worker's session is not offered
+        local cb2 = dict("laxcb", "GOOD_PORT", "127.0.0.1")
+        assert.equal("true", cb2.ok, cb2.raw)
+        assert.equal("false", cb2.reused, cb2.raw)
+        assert.equal("true", dict("laxcb", "GOOD_PORT", "127.0.0.1").reused)
+        assert.equal(0, log_count("exited on signal"))
+      end)
+    end
+
+    it("names the option in its argument errors", function()
+      local r = parse(http("/argerr"))
+      assert.truthy(r.session_dict_missing:find("bad argument #3 to 'connect' (option 'session_dict': " ..
+                                                "no lua_shared_dict 'nope')", 1, true), r.session_dict_missing)
+      assert.truthy(r.session_dict_type:find("bad argument #3 to 'connect' (option 'session_dict': " ..
+                                             "string expected", 1, true), r.session_dict_type)
+      assert.truthy(r.mode_bad:find("bad argument #1 to 'set_verification_mode'", 1, true), r.mode_bad)
+    end)
+  end)
+
   describe("reloads", function()
     it("survives five HUP reloads under traffic with no worker crash", function()
       local dir = helper.run("mktemp -d /tmp/sslctx-traffic.XXXXXX"):match("[^\n]+")
@@ -873,6 +1076,35 @@ describe("examples/nginx/nginx.conf", function()
     assert.truthy(other:find("application verification failure", 1, true), other)
     local good = curl("soft.example", "client")
     assert.truthy(good:find("http_code=200", 1, true), good)
+  end)
+
+  it("guards mtls.example and soft.example against fronting (SNI for one name, Host for another)", function()
+    local function front(sni, host, cert)
+      local args = { "curl -sS --max-time 10 --cacert", q(pki("ca.pem")),
+                     "--resolve", q(sni .. ":" .. tls_port .. ":127.0.0.1"), "-H", q("Host: " .. host),
+                     "-w 'http_code=%{http_code}\\n'" }
+      if cert then
+        args[#args + 1] = "--cert " .. q(pki(cert .. "-chain.pem")) .. " --key " .. q(pki(cert .. ".key"))
+      end
+      args[#args + 1] = q("https://" .. sni .. ":" .. tls_port .. "/")
+      return helper.run(table.concat(args, " ") .. " 2>&1")
+    end
+    -- public.example's handshake (no certificate asked), Host of a protected block: 421
+    for _, host in ipairs({ "mtls.example", "soft.example" }) do
+      local out = front("public.example", host, "client")
+      assert.truthy(out:find("http_code=421", 1, true), host .. ": " .. out)
+      assert.falsy(out:find("client certificate:", 1, true), host .. ": " .. out)
+    end
+    -- a certificate verified under soft.example's policy, Host mtls.example: 421
+    local soft_to_mtls = front("soft.example", "mtls.example", "client")
+    assert.truthy(soft_to_mtls:find("http_code=421", 1, true), soft_to_mtls)
+    -- and mtls.example's handshake, Host soft.example: 421 too
+    local mtls_to_soft = front("mtls.example", "soft.example", "client")
+    assert.truthy(mtls_to_soft:find("http_code=421", 1, true), mtls_to_soft)
+    -- the right name on both: 200
+    local own = front("mtls.example", "mtls.example", "client")
+    assert.truthy(own:find("http_code=200", 1, true), own)
+    assert.truthy(own:find("verified: true", 1, true), own)
   end)
 
   it("/fetch is a verified TLS client over a cosocket", function()

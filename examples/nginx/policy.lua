@@ -11,7 +11,9 @@
 --                     ngx.log works.  It cannot yield and blocks the worker while it runs:
 --                     keep it fast, no I/O.  An error fails the handshake and is logged.
 --   check_access(), whoami()
---                     request phases: sngx.verdict() is the connection's verdict
+--                     request phases: sngx.verdict() is the connection's verdict, and the
+--                     policy that judged it (mtls.example's block guards itself with
+--                     sngx.require_policy in nginx.conf)
 --   fetch()           content phase: a TLS client over a cosocket; its verify callback runs
 --                     on this request's coroutine (ngx.var and ngx.ctx work; no yielding)
 local sslctx = require "sslctx"
@@ -80,8 +82,14 @@ function P.soft_client()
   end
 end
 
+-- soft.example's access phase: the connection must have been judged by soft.example's
+-- policy (a client may send SNI for public.example and Host soft.example: 421), then the
+-- verdict decides.  (sngx.require_policy("soft:v1") does both in one call.)
 function P.check_access()
-  local code, reason, verified = sngx.verdict()
+  local code, reason, verified, _, policy = sngx.verdict()
+  if policy ~= POLICY["soft.example"] then
+    return ngx.exit(421)   -- Misdirected Request
+  end
   if not verified then
     ngx.status = ngx.HTTP_FORBIDDEN
     ngx.say("client certificate: ", code == 0 and "none" or reason)

@@ -50,6 +50,7 @@ Try:
   curl \$r https://mtls.example:8443/                    # refused: certificate required
   curl \$r https://mtls.example:8443/ --cert $pki/client2-chain.pem --key $pki/client2.key   # not on the list
   curl \$r https://soft.example:8443/                    # 403 from the access phase
+  curl \$r https://public.example:8443/ -H 'Host: mtls.example' --cert $pki/client-chain.pem --key $pki/client.key   # 421: SNI public, Host mtls
   curl http://127.0.0.1:8080/fetch                        # TLS client over a cosocket
 Stop: $0 stop
 EOF

@@ -1,7 +1,8 @@
 --- sslctx.ngx: OpenResty integration (doc/reference.md, doc/openresty.md).
 --
 -- Client:  sngx.connect(sock, ctx [, opts]) -> stream | nil, message, kind
---          TLS over a connected ngx.socket.tcp cosocket, through the memory transport.
+--          TLS over a connected ngx.socket.tcp cosocket, through the memory transport;
+--          opts.session_dict shares client sessions among the workers.
 -- Server:  sngx.set_policy(name)                          (ssl_client_hello_by_lua*)
 --          sngx.set_verification_mode(mode [, cb [, opts]]) (ssl_certificate_by_lua*)
 --          sngx.verdict() -> code, string, verified, peer_pem, policy, sni (request phases)
@@ -38,6 +39,7 @@ end
 -- connected before this module was first required are not known: pass opts.hostname.
 
 local REG_HOSTS = "sslctx.ngx.hosts"
+local REG_PORTS = "sslctx.ngx.ports"
 local REG_TIMEOUTS = "sslctx.ngx.timeouts"
 local REG_PATCHED = "sslctx.ngx.connect_patched"
 
@@ -52,15 +54,18 @@ local function weak_table(key)
 end
 
 local hosts = weak_table(REG_HOSTS)
+local ports = weak_table(REG_PORTS)   -- the port each socket connected to (opts.session_dict)
 -- The timeouts each socket was given ({connect, send, read} in ms; 0 is nginx's default),
 -- so that the handshake can shorten the waits to its deadline and put them back.
 local timeouts = weak_table(REG_TIMEOUTS)
 
-local function remember(sock, host, ok, ...)
+local function remember(sock, host, port, ok, ...)
   if ok and type(host) == "string" and host:sub(1, 5) ~= "unix:" then
     hosts[sock] = host
+    ports[sock] = tonumber(port)
   else
     hosts[sock] = nil
+    ports[sock] = nil
   end
   return ok, ...
 end
@@ -72,8 +77,8 @@ local function patch_connect()
   local mt = rawget(reg, "__tcp_cosocket_mt")
   if type(mt) == "table" and type(rawget(mt, "connect")) == "function" then
     local connect = rawget(mt, "connect")
-    rawset(mt, "connect", function(self, host, ...)
-      return remember(self, host, connect(self, host, ...))
+    rawset(mt, "connect", function(self, host, port, ...)
+      return remember(self, host, port, connect(self, host, port, ...))
     end)
   end
   if type(mt) == "table" and type(rawget(mt, "settimeout")) == "function" then
@@ -94,9 +99,9 @@ local function patch_connect()
   local socket = ngx.socket
   if type(socket) == "table" and type(socket.connect) == "function" then
     local connect = socket.connect
-    socket.connect = function(host, ...)
-      local sock, err = connect(host, ...)
-      if sock then remember(sock, host, true) end
+    socket.connect = function(host, port, ...)
+      local sock, err = connect(host, port, ...)
+      if sock then remember(sock, host, port, true) end
       return sock, err
     end
   end
@@ -108,6 +113,94 @@ patch_connect()
 --- The host `sock` connected to (as given to connect), or nil when unknown.
 function M.peer_host(sock)
   return hosts[sock]
+end
+
+-- ---------------------------------------------------------------------------
+-- Client sessions shared among workers (opts.session_dict)
+--
+-- An entry is a session's DER under (connected host, port, SNI, client policy).  The policy
+-- is the session's id context: the digest of the policy the connection that made it ran
+-- under (doc/reference.md, "The verification policy").  A connection cannot tell its own
+-- digest before its handshake, so each process remembers, per context and target, the digest
+-- its last session there had, and looks that entry up; with nothing remembered (a fresh
+-- worker) it takes the target's latest session.  Either way the core offers a session only
+-- when its policy equals the connection's at handshake start: a wrong guess costs a full
+-- handshake, never a session used under another policy.
+
+local DICT_PREFIX = "sslctx.ngx|"
+local digests = setmetatable({}, { __mode = "k" })   -- ctx -> { target = hex digest }
+
+-- DER: the length at s[i] -> length, index of the first content byte (nil when malformed).
+local function der_length(s, i)
+  local b = s:byte(i)
+  if b == nil then return nil end
+  if b < 0x80 then return b, i + 1 end
+  local n, len = b - 0x80, 0
+  if n < 1 or n > 4 then return nil end
+  for k = 1, n do
+    local c = s:byte(i + k)
+    if c == nil then return nil end
+    len = len * 256 + c
+  end
+  return len, i + 1 + n
+end
+
+-- A session's id context, from its DER (an SSL_SESSION: a SEQUENCE whose field [4] holds an
+-- OCTET STRING), as lowercase hex; nil when it has none.
+local function session_policy(der)
+  if der:byte(1) ~= 0x30 then return nil end
+  local len, p = der_length(der, 2)
+  if not len then return nil end
+  local stop = p + len
+  while p < stop do
+    local tag = der:byte(p)
+    local flen, fp = der_length(der, p + 1)
+    if not flen then return nil end
+    if tag == 0xA4 then
+      local olen, op = der_length(der, fp + 1)
+      if der:byte(fp) ~= 0x04 or not olen or olen == 0 then return nil end
+      return (der:sub(op, op + olen - 1):gsub(".", function(c) return format("%02x", c:byte()) end))
+    end
+    p = fp + flen
+  end
+  return nil
+end
+
+local function dict_key(target, what)
+  return DICT_PREFIX .. target .. "|" .. what
+end
+
+-- The session to offer for self.target, or nil.
+local function dict_session(dict, ctx, target)
+  local known = digests[ctx]
+  local digest = known and known[target] or dict:get(dict_key(target, "latest"))
+  if type(digest) ~= "string" then return nil end
+  local der = dict:get(dict_key(target, digest))
+  if type(der) ~= "string" then return nil end
+  return sslctx.session(der)   -- (nil when it does not parse: a full handshake)
+end
+
+-- Stores the connection's session once it has one (TLS 1.3: after the read that took the
+-- server's tickets), until it expires.
+local function save_session(self)
+  if not self.dict or self.saved or self.conn:side() ~= "client" then return end
+  local session = self.conn:session()
+  if not session then return end
+  self.saved = true
+  local der = session:der()
+  local digest = session_policy(der)
+  if not digest then return end
+  local known = digests[self.ctx]
+  if not known then
+    known = {}
+    digests[self.ctx] = known
+  end
+  known[self.target] = digest
+  local ttl = session:time() + session:timeout() - ngx_env().time()
+  if ttl <= 0 then return end
+  local dict = self.dict
+  dict:set(dict_key(self.target, digest), der, ttl)
+  dict:set(dict_key(self.target, "latest"), digest, ttl)
 end
 
 -- ---------------------------------------------------------------------------
@@ -262,6 +355,7 @@ local function more(self)
     return nil, self.read_error[1], self.read_error[2]
   end
   local data, err, kind = drive(self, self.conn.read)
+  if self.dict and not self.saved then save_session(self) end
   if data then
     if data ~= "" then self.buf[#self.buf + 1] = data end
     self.buffered = self.buffered + #data
@@ -426,6 +520,7 @@ function Stream:close()
   if self.closed then return nil, "closed" end
   self.closed = true
   local conn = self.conn
+  if self.dict and not self.saved then pcall(save_session, self) end
   if not self.broken then   -- (after a failure OpenSSL sends nothing: conn:close() knows)
     pcall(conn.shutdown, conn)
     pcall(flush, self)
@@ -496,10 +591,27 @@ local function new_connection(ctx, o)
   error(conn, 3)
 end
 
+-- opts.session_dict -> the shared dict | nil.
+local function session_dict(name)
+  if name == nil then return nil end
+  if type(name) ~= "string" then
+    error("bad argument #3 to 'connect' (option 'session_dict': string expected, got " ..
+          type(name) .. ")", 3)
+  end
+  local ngx = ngx_env()
+  local dict = ngx and type(ngx.shared) == "table" and ngx.shared[name]
+  if not dict then
+    error("bad argument #3 to 'connect' (option 'session_dict': no lua_shared_dict '" ..
+          name .. "')", 3)
+  end
+  return dict
+end
+
 --- sngx.connect(sock, ctx [, opts]) -> stream | nil, message, kind
 -- sock: a connected ngx.socket.tcp; ctx: an sslctx context; opts: new_connection's (hostname
 -- defaults to the host sock connected to) plus handshake_timeout (milliseconds for the whole
--- handshake, default M.HANDSHAKE_TIMEOUT; false: none).  The handshake runs here, on the
+-- handshake, default M.HANDSHAKE_TIMEOUT; false: none) and session_dict (a lua_shared_dict's
+-- name: client sessions shared by all workers, see above).  The handshake runs here, on the
 -- calling coroutine (verify callbacks too: ngx.var and ngx.ctx work in them; yielding does
 -- not).  On failure the cosocket is closed.
 function M.connect(sock, ctx, opts)
@@ -523,12 +635,24 @@ function M.connect(sock, ctx, opts)
     error("bad argument #3 to 'connect' (option 'handshake_timeout': positive number of " ..
           "milliseconds or false expected, got " .. tostring(hs_ms) .. ")", 2)
   end
+  local dict = session_dict(o.session_dict)
+  o.session_dict = nil
   local side = o.side
   if side == nil and ctx:side() == "both" then side = "client"; o.side = side end
-  if (side or ctx:side()) == "client" and o.hostname == nil then o.hostname = hosts[sock] end
+  local client = (side or ctx:side()) == "client"
+  if client and o.hostname == nil then o.hostname = hosts[sock] end
+  -- (a socket connected before this module was loaded has no known port: no sharing)
+  local target
+  if dict and client and hosts[sock] and ports[sock] then
+    target = hosts[sock] .. "|" .. ports[sock] .. "|" .. tostring(o.hostname)
+    if o.session == nil then o.session = dict_session(dict, ctx, target) end
+  else
+    dict = nil
+  end
   local conn = new_connection(ctx, o)
   local self = setmetatable({
     sock = sock, conn = conn, buf = {}, buffered = 0, max_retries = 300, hs_ms = hs_ms,
+    dict = dict, ctx = ctx, target = target,
   }, Stream)
   local ok, err, kind = handshake(self)
   if not ok then
@@ -537,6 +661,7 @@ function M.connect(sock, ctx, opts)
     sock:close()
     return nil, err, kind
   end
+  if dict then save_session(self) end   -- (TLS 1.2: the session is there now)
   return self
 end
 
@@ -684,11 +809,54 @@ end
 local VERIFY_OPTS = { ca_file = true, ca = true, soft_fail = true, depth = true, params = true,
                       logger = true }
 
+-- Argument checks on a context of this module's own, before the connection changes: an
+-- argument error raises with nothing applied (a caller that catches it cannot go on under
+-- half a policy).  ctx method errors number the arguments from the context (side #2, mode
+-- #3, callback #4); set_verification_mode's are mode #1, callback #2, opts #3.
+local scratch
+
+local function check_arguments(mode, callback, opts)
+  if scratch == nil then scratch = sslctx.new{ side = "server" } end
+  local function try(what, fn, ...)
+    local ok, err = pcall(fn, scratch, ...)
+    if ok then return end
+    local msg = tostring(err)
+    local n, why = msg:match("bad argument #(%d+) to '[^']*' %((.*)%)$")
+    if n and what then
+      error(format("bad argument #3 to 'set_verification_mode' (option '%s': %s)", what, why), 4)
+    elseif n then
+      error(format("bad argument #%d to 'set_verification_mode' (%s)", tonumber(n) - 2, why), 4)
+    end
+    error(msg, 4)
+  end
+  try(nil, scratch.set_verification_mode, "server", mode, callback)
+  scratch:set_verification_mode("server", "never")   -- (lets go of the callback)
+  if opts.depth ~= nil then try("depth", scratch.set_verify_depth, opts.depth) end
+  if opts.params ~= nil then try("params", scratch.set_verify_params, opts.params) end
+end
+
+local function apply_policy(conn, mode, callback, opts)
+  -- the trust store first: when it cannot be loaded, nothing else has changed
+  if opts.ca_file ~= nil or opts.ca ~= nil then
+    local ok, err = conn:set_trust({ ca_file = opts.ca_file, ca = opts.ca })
+    if not ok then return nil, err end
+  end
+  conn:set_logger(opts.logger or log_error)
+  if opts.depth ~= nil then conn:set_verify_depth(opts.depth) end
+  if opts.params ~= nil then conn:set_verify_params(opts.params) end
+  if opts.soft_fail ~= nil then conn:set_soft_fail(opts.soft_fail and true or false) end
+  conn:set_verification_mode("server", mode, callback)
+  return true
+end
+
 --- In ssl_certificate_by_lua*: a server-side verification mode (doc/reference.md,
 -- "Verification modes") and callback for nginx's downstream connection.  opts: ca_file / ca
 -- (this connection's own trust store and CA names; default: the server block's), soft_fail,
 -- depth, params (set_verify_params), logger (default: ngx.log at ERR).
--- -> true | nil, message
+-- -> true | nil, message.  Argument errors raise before anything is applied.  A failure
+-- while the policy is being applied (the core raises when the change would make a resumed
+-- session cross policies) refuses the handshake: the reason goes to the error log and the
+-- hook ends with ngx.exit(ngx.ERROR), whatever the caller does with errors.
 function M.set_verification_mode(mode, callback, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #3 to 'set_verification_mode' (table expected, got " .. type(opts) .. ")", 2)
@@ -702,25 +870,24 @@ function M.set_verification_mode(mode, callback, opts)
   if opts.logger ~= nil and type(opts.logger) ~= "function" then
     error("bad argument #3 to 'set_verification_mode' (option 'logger': function expected)", 2)
   end
+  -- nginx gives every SSL its own verify callback (ngx_ssl_verify_callback), which accepts
+  -- everything and leaves the verdict for later.  SSL_set_verify with no callback keeps
+  -- that one, so "no callback" is said explicitly: OpenSSL's own verdict (preverify).
+  if callback == nil then callback = sslctx.c_callbacks.preverify end
+  check_arguments(mode, callback, opts)
   local ok, err = phase_check("set_verification_mode")
   if not ok then return nil, err end
   local conn
   conn, err = M.borrow()
   if not conn then return nil, err end
-  conn:set_logger(opts.logger or log_error)
-  if opts.ca_file ~= nil or opts.ca ~= nil then
-    local tok, terr = conn:set_trust({ ca_file = opts.ca_file, ca = opts.ca })
-    if not tok then return nil, terr end
+  local done, applied, aerr = pcall(apply_policy, conn, mode, callback, opts)
+  if not done then
+    local ngx = ngx_env()
+    ngx.log(ngx.ERR, "sslctx.ngx.set_verification_mode: ", tostring(applied),
+            " (the handshake is refused)")
+    return ngx.exit(ngx.ERROR)
   end
-  if opts.depth ~= nil then conn:set_verify_depth(opts.depth) end
-  if opts.params ~= nil then conn:set_verify_params(opts.params) end
-  if opts.soft_fail ~= nil then conn:set_soft_fail(opts.soft_fail and true or false) end
-  -- nginx gives every SSL its own verify callback (ngx_ssl_verify_callback), which accepts
-  -- everything and leaves the verdict for later.  SSL_set_verify with no callback keeps
-  -- that one, so "no callback" is said explicitly: OpenSSL's own verdict (preverify).
-  if callback == nil then callback = sslctx.c_callbacks.preverify end
-  conn:set_verification_mode("server", mode, callback)
-  return true
+  return applied, aerr
 end
 
 local function verdict_of(conn)

@@ -291,6 +291,13 @@ function S.argerr()
     return sngx.connect(sock(), ctx, { hostname = "localhost", handshake_timeout = -1 })
   end)
   try("require_policy_nil", function() return sngx.require_policy(nil) end)
+  try("session_dict_missing", function()
+    return sngx.connect(sock(), ctx, { hostname = "localhost", session_dict = "nope" })
+  end)
+  try("session_dict_type", function()
+    return sngx.connect(sock(), ctx, { hostname = "localhost", session_dict = 1 })
+  end)
+  try("mode_bad", function() return sngx.set_verification_mode("sometimes") end)
 end
 
 -- One OpenSSL in the worker: the module shares nginx's libssl/libcrypto.
@@ -400,6 +407,99 @@ end
 -- g.test: soft fail, OpenSSL's own verdict: any certificate of the CA is verified here.
 function S.cert_g()
   assert(sngx.set_verification_mode("require", nil, { soft_fail = true }))
+end
+
+-- ---------------------------------------------------------------------------
+-- Hook policies, one per server block of the HOOKN/HOOKU listeners (<label>.hook.test)
+
+-- An accepting Lua callback: any certificate, even one OpenSSL refused.
+function S.accept_all()
+  return true
+end
+
+local HOOK = {
+  strict = function()   -- required, the allow list of a.test (client.pem only)
+    if allowed == nil then allowed = { [fingerprint("client.pem")] = true } end
+    return sngx.set_verification_mode("require", S.check_a)
+  end,
+  otherca = function()  -- required, verified against the other CA
+    return sngx.set_verification_mode("require", nil, { ca_file = CERTS .. "other-ca.pem" })
+  end,
+  cacc = function()     -- required, a C callback that accepts anything
+    return sngx.set_verification_mode("require", sslctx.c_callbacks.insecure_accept_all)
+  end,
+  lacc = function()     -- required, a Lua callback that accepts anything
+    return sngx.set_verification_mode("require", S.accept_all)
+  end,
+  soft = function()     -- soft fail: the handshake finishes whatever is sent
+    return sngx.set_verification_mode("require", nil, { soft_fail = true })
+  end,
+  never = function()    -- no certificate asked
+    return sngx.set_verification_mode("never")
+  end,
+}
+
+function S.hook_hello()
+  local name = require("ngx.ssl.clienthello").get_client_hello_server_name() or ""
+  assert(sngx.set_policy("hook-" .. (name:match("^(%w+)%.hook%.test$") or "none")))
+end
+
+function S.hook_cert(label)
+  ngx.log(ngx.NOTICE, "sslctx-spec hook-cert ", label)
+  assert(HOOK[label]())
+end
+
+-- ---------------------------------------------------------------------------
+-- Client sessions in a shared dict: GET /dict?policy=&port=&host=&v=
+
+-- Contexts made once per worker, by policy: what sessions the workers may share.
+local dict_ctx = {}
+local DICT_POLICIES = {
+  strict = function() return {} end,                       -- the CA, the name checked
+  lax = function() return { verify = "never" } end,        -- anything goes, recorded
+  laxcb = function() return { verify_callback = S.accept_all } end,   -- a Lua callback
+  named = function() return { verify_callback = S.accept_all }, "spec-named:v1" end,
+}
+
+function S.dict()
+  local args = ngx.req.get_uri_args()
+  local key = args.policy .. "/" .. (args.v or "")
+  local ctx = dict_ctx[key]
+  if ctx == nil then
+    local opts, name = DICT_POLICIES[args.policy]()
+    opts.ca_file = CERTS .. "ca.pem"
+    opts.verify = opts.verify or "always"
+    if args.v and args.v ~= "" then opts.min_version, opts.max_version = args.v, args.v end
+    ctx = sslctx.new(opts)
+    if name then ctx:set_session_id_context(name) end
+    dict_ctx[key] = ctx
+  end
+  say("pid", ngx.worker.pid())
+  local sock = ngx.socket.tcp()
+  sock:settimeouts(3000, 3000, 3000)
+  local ok, err = sock:connect("127.0.0.1", tonumber(args.port))
+  if not ok then say("ok", false) say("err", "connect: " .. tostring(err)) return end
+  local stream, kind
+  stream, err, kind = sngx.connect(sock, ctx, { hostname = args.host or "localhost",
+                                                session_dict = "sslctx_sessions" })
+  if not stream then say("ok", false) say("kind", kind) say("err", err) return end
+  local conn = stream:connection()
+  say("ok", true)
+  say("reused", conn:session_reused())
+  local code, str = conn:verify_result()
+  say("verify", code .. " " .. str)
+  local status, body = http_get(stream, args.host or "localhost")
+  say("status", status)
+  say("body", body and body:gsub("\n", "") or body)
+  stream:close()
+  local entries = 0
+  for _, k in ipairs(ngx.shared.sslctx_sessions:get_keys(0)) do
+    if k:find("|127.0.0.1|" .. args.port .. "|", 1, true) then entries = entries + 1 end
+  end
+  say("entries", entries)
+  local latest = ngx.shared.sslctx_sessions:ttl("sslctx.ngx|127.0.0.1|" .. args.port .. "|" ..
+                                                (args.host or "localhost") .. "|latest")
+  say("ttl", latest and math.floor(latest) or "none")
 end
 
 function S.report()
