@@ -5,6 +5,7 @@
 #   make test            deps, build, run the specs once under each Lua in LUAS
 #   LUA=lua5.3 make test the same under one interpreter only
 #   make demo            deps, build, run examples/mtls_demo.lua under lua5.4
+#   make spec SPEC=spec/x_spec.lua [LUA=lua5.4]   one spec file under one interpreter
 #   make clean
 #
 # pkg-config is only called inside recipes, never at parse time: on a fresh
@@ -34,7 +35,7 @@ unexport LUA_PATH_5_2 LUA_PATH_5_3 LUA_PATH_5_4 LUA_CPATH_5_2 LUA_CPATH_5_3 LUA_
 PKI_DIR := $(CURDIR)/build/pki
 export SSLCTX_PKI_DIR := $(PKI_DIR)
 
-.PHONY: all deps test demo clean check check-asan check-valgrind check-gc fuzz bench lint rock FORCE
+.PHONY: all deps test spec demo clean check check-asan check-valgrind check-gc fuzz bench lint rock FORCE
 
 all:
 	@set -e; luas="$(or $(LUA),$(LUAS))"; built=0; \
@@ -105,6 +106,15 @@ test:
 	[ -z "$$bad" ] || echo "Interpreters failing:$$bad"; \
 	echo "$$passed passed, $$failed failed, $$pending skipped"; \
 	[ -z "$$bad" ] && [ -n "$$ran" ]
+
+# One spec file (or several, space-separated) under one interpreter, for development.
+spec:
+	@[ -n "$(SPEC)" ] || { echo "make spec: give SPEC=spec/<name>_spec.lua" >&2; exit 2; }
+	@$(MAKE) -s --no-print-directory deps
+	@$(MAKE) -s --no-print-directory $(PKI_DIR)/.done
+	@lua="$(or $(LUA),lua5.4)"; \
+	$(MAKE) -s --no-print-directory "build/$$lua/sslctx/core.so" && \
+	LUA_CPATH="build/$$lua/?.so;;" "$$lua" $(BUSTED) -o utfTerminal $(SPEC) </dev/null
 
 demo:
 	@$(MAKE) -s --no-print-directory deps
