@@ -9,7 +9,7 @@
 -- verdict, raising, returning RETRY, or re-entering the module from inside a callback), live
 -- and closed objects, sslctx.KEEP and sslctx.RETRY.  Objects returned by calls join the pool.
 --
--- Never generated, by design (trusted input per API.md, or outside this process):
+-- Never generated, by design (trusted input per doc/reference.md, or outside this process):
 --   * light userdata other than KEEP/RETRY (C function pointers, SSL pointers: borrow is not
 --     called), and symbol names that resolve: every string taken from the input is prefixed
 --     with "~x", so it names no symbol, no existing file and no keyword;

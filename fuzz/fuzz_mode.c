@@ -1,4 +1,4 @@
-/* fuzz/fuzz_mode.c: the verification-mode parser (API.md §1) in all its forms -- integers
+/* fuzz/fuzz_mode.c: the verification-mode parser (doc/reference.md "Verification modes") in all its forms -- integers
  * (any 64-bit value), floats (NaN, infinities, huge, fractional), preset strings, keyword
  * tables (known and unknown keywords, hyphenated spellings, non-strings, holes, non-sequence
  * keys, nesting) -- through ctx:set_verification_mode / conn:set_verification_mode on both

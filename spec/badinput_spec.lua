@@ -6,12 +6,12 @@
 -- huge, fractional and non-finite numbers, closed objects and objects of the wrong class --
 -- one argument position at a time, the others holding valid values (BASELINE below).
 --
--- What each call must do (API.md, "Errors"):
+-- What each call must do (doc/reference.md, "Conventions"):
 --   * raise in the luaL_argerror style naming the very argument that was bad
 --     ("bad argument #2 to 'set_verification_mode' (...)"; a bad self: "calling 'x' on bad
 --     self" or "bad argument #1"), or
 --   * return normally (the value was acceptable), and a runtime failure as nil, message, kind
---     with message a string and kind one of API.md's kinds;
+--     with message a string and kind one of doc/reference.md's kinds;
 --   * and never crash (a crash ends the run: set SSLCTX_BADINPUT_TRACE=1 to print every call
 --     before it is made).
 -- Under scripts/check-asan.sh and scripts/check-valgrind.sh the same calls are also checked
@@ -331,7 +331,7 @@ local instance_state
 local ALLOWED_ERRORS = {
   SENTINEL,                                       -- our own raising __index/function, propagated
   "not enough memory",                            -- a huge string where memory ran out
-  "outside its verify callback",                  -- an expired store (API.md §1: raises)
+  "outside its verify callback",                  -- an expired store (doc/reference.md "Verify callbacks": raises)
 }
 
 -- ---------------------------------------------------------------------------
@@ -855,7 +855,7 @@ describe("bad input regressions #badinput", function()
   -- DER is garbage) is rejected by verification with code 20, but the error queue's oldest
   -- entry is X509V3's "invalid certificate", queued before SSL's "certificate verify failed";
   -- push_ssl_failure (src/connection.c) classifies by the oldest entry only and reports kind
-  -- "ssl".  API.md: a rejected peer certificate is kind "verify".  x509-limbo's
+  -- "ssl".  doc/reference.md: a rejected peer certificate is kind "verify".  x509-limbo's
   -- rfc5280::san::malformed, ::duplicate-extensions and ::root-inconsistent-ca-extensions
   -- show the same (spec/limbo_spec.lua).
   it("a peer certificate with a malformed extension fails with kind 'verify'", function()
@@ -942,7 +942,7 @@ describe("bad input regressions #badinput", function()
   -- after the hostname error) reads freed memory: the plain build spins forever on the freed
   -- lock, valgrind reports "Invalid read ... X509_STORE_lock ... free'd by conn_set_trust".
   -- Run in a child interpreter with a deadline, so that a hang fails this spec instead of
-  -- the run.  The contract for a connection's own callback (API.md §1) is to raise.
+  -- the run.  The contract for a connection's own callback (doc/reference.md "Verification modes") is to raise.
   it("set_trust from inside the connection's own verify callback neither hangs nor crashes", function()
     local script = [[
       local helper = require "helper"
@@ -968,7 +968,7 @@ describe("bad input regressions #badinput", function()
     local out, rc = helper.run_child(script)
     assert.is_truthy(out:find("CHILD-DONE", 1, true) and rc == 0,
                      "the child hung or crashed (rc 124 = killed after 20 s):\n" .. out)
-    -- the callback ran, and set_trust from inside it raised (API.md §1)
+    -- the callback ran, and set_trust from inside it raised (doc/reference.md "Verification modes")
     assert.is_truthy(out:find("SET_TRUST-RAISED", 1, true),
                      "set_trust inside the connection's own verify callback did not raise:\n" .. out)
   end)

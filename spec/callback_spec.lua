@@ -1,4 +1,4 @@
--- callback_spec.lua: verify callbacks (API.md §1 "callback", "store", RETRY, foreign
+-- callback_spec.lua: verify callbacks (doc/reference.md "Verify callbacks", "The verify callback's store", RETRY, foreign
 -- callbacks, sslctx.KEEP), the copy a connection makes at creation, and the error rule
 -- every Lua callback of the module follows (servername, ALPN select, password, session).
 --

@@ -1,4 +1,4 @@
--- context_spec.lua: API.md §2, sslctx.new and the context setters.
+-- context_spec.lua: doc/reference.md "Contexts", sslctx.new and the context setters.
 local sslctx = require "sslctx"
 local helper = require "helper"
 
@@ -150,7 +150,7 @@ describe("sslctx.new", function()
       assert.truthy(msg:find("closed while the trust table was read", 1, true), msg)
     end)
 
-    it("verify takes every §1 form", function()
+    it("verify takes every mode form", function()
       assert.equal(3, select(2, helper.new_ctx({ side = "server", verify = "require" }):get_verification_mode("server")))
       assert.equal(5, select(2, helper.new_ctx({ side = "server", verify = 5 }):get_verification_mode("server")))
       assert.equal(9, select(2, helper.new_ctx({ side = "server",
@@ -712,7 +712,7 @@ describe("sslctx.new", function()
       assert.equal(lib, v)
     end)
 
-    -- `what` names as in the reference (§4.19): version, built_on, directory, platform, cflags.
+    -- `what` names as in the reference : version, built_on, directory, platform, cflags.
     it("answers what = directory like openssl version -d", function()
       local d = sslctx.openssl_version("directory")
       assert.equal((helper.openssl("version -d"):gsub("%s+$", "")), d)

@@ -1,6 +1,6 @@
 -- spec/ffi_callback_spec.lua: under LuaJIT, a cdata function pointer is a C verify callback
--- (API.md §1: "under LuaJIT, also a cdata function pointer of that type"), and a pointer
--- cdata is an SSL pointer for sslctx.borrow (§5: what ngx.ssl hands out).
+-- (doc/reference.md "Verify callbacks": "under LuaJIT, also a cdata function pointer of that type"), and a pointer
+-- cdata is an SSL pointer for sslctx.borrow (doc/reference.md sslctx.borrow: what ngx.ssl hands out).
 -- Elsewhere this file is one visible pending test.
 local helper = require "helper"
 

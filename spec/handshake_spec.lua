@@ -1,4 +1,4 @@
--- handshake_spec.lua: real handshakes over the memory transport (API.md §1, §3).
+-- handshake_spec.lua: real handshakes over the memory transport (doc/reference.md "Verification modes", "Connections").
 local sslctx = require "sslctx"
 local helper = require "helper"
 
@@ -133,7 +133,7 @@ end)
 
 -- Regression: a finalizer running inside a failing call (e.g. while the result string is
 -- allocated) must not empty OpenSSL's error queue, or a fatal alert is misreported as
--- "closed" (SSL_get_error's ZERO_RETURN).  "closed" is only for close_notify (API.md kinds).
+-- "closed" (SSL_get_error's ZERO_RETURN).  "closed" is only for close_notify (doc/reference.md "Conventions").
 describe("error classification under garbage collection", function()
   it("a TLS 1.3 rejection alert is always 'ssl', with finalizers running", function()
     helper.with_busy_gc(function()
@@ -764,7 +764,7 @@ describe("sessions", function()
 
     -- Two independent contexts never share a session cache or ticket keys, so "a context
     -- with policy B does not resume policy A's session" is only observable when the same
-    -- connection starts on A and is switched to B by the servername callback (§2: the
+    -- connection starts on A and is switched to B by the servername callback (ctx:set_servername_callback: the
     -- switch applies B's session id context before session lookup).
     it("a server context switched to by SNI with another policy does not resume", function()
       local a = helper.server_ctx({ verify = "always" })
@@ -792,7 +792,7 @@ describe("sessions", function()
     end)
   end)
 
-  -- Interpretation of §3 "opts.session (used only when its hostname and policy match this
+  -- Interpretation of new_connection's "opts.session (used only when its hostname and policy match this
   -- connection)": a session made by a client that did not verify ("never") is not used
   -- by a client that verifies ("always"), which would otherwise skip the chain check.
   it("a session from a 'never' client is not used by an 'always' client", function()

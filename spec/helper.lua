@@ -162,7 +162,7 @@ function helper.read(name)
 end
 
 -- ---------------------------------------------------------------------------
--- `openssl verify` with the profile of API.md §1:
+-- `openssl verify` with the profile of doc/reference.md "Verify callbacks":
 --   openssl verify -purpose sslserver|sslclient [-verify_hostname H|-verify_ip IP]
 --                  -auth_level N [-attime T] [-crl_check -CRLfile F] ...
 -- args: { cert = name (required), CAfile = name, CApath = name, untrusted = name | {names},

@@ -98,7 +98,7 @@ describe("x509-limbo replay #limbo", function()
               case.id, tostring(ocode), tostring(r.code), tostring(r.code_text))
           end
           if r.kind_wrong then
-            -- Same verdict, wrong classification: API.md says a rejected peer certificate is
+            -- Same verdict, wrong classification: doc/reference.md says a rejected peer certificate is
             -- kind "verify".  A module bug (see doc/hardening.md).
             counts.kind_wrong = counts.kind_wrong + 1
             local text = ("%s: rejected (code %s: %s) but reported as nil, %q, %q"):format(

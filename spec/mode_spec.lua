@@ -1,10 +1,10 @@
--- mode_spec.lua: API.md §1, verification modes, depth and verification parameters.
+-- mode_spec.lua: doc/reference.md "Verification modes", verification modes, depth and verification parameters.
 local sslctx = require "sslctx"
 local helper = require "helper"
 
 local NONE = helper.NONE
 
--- The contract's values (API.md §1).
+-- The contract's values (doc/reference.md "Verification modes").
 local SERVER_PRESETS = {
   never = 0, always = 1, once = 5, require = 3, require_once = 7,
   post_handshake = 9, require_post_handshake = 11,
@@ -255,7 +255,7 @@ describe("set_verification_mode", function()
   end)
 end)
 
--- The callback argument (§1).  Until the callbacks issue lands, passing a function
+-- The callback argument (doc/reference.md "Verify callbacks").  Until the callbacks issue lands, passing a function
 -- raises "not supported yet": those tests are then pending.
 describe("verification callback argument", function()
   local supported = helper.callbacks_supported()

@@ -1,4 +1,4 @@
--- posthandshake_spec.lua: API.md §1 "once" and the post-handshake modes, §3
+-- posthandshake_spec.lua: doc/reference.md "Verification modes": "once" and the post-handshake modes, "Connections"
 -- verify_client_post_handshake() (TLS 1.3) and renegotiate() (TLS 1.2).
 local helper = require "helper"
 

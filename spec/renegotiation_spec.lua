@@ -1,5 +1,5 @@
--- renegotiation_spec.lua: "once" made real on both protocol generations (API.md §1 modes,
--- §3 renegotiate and verify_client_post_handshake).
+-- renegotiation_spec.lua: "once" made real on both protocol generations (doc/reference.md "Verification modes",
+-- conn:renegotiate and conn:verify_client_post_handshake).
 --   TLS 1.2: conn:renegotiate() is always a full handshake, so under "always" the client
 --   certificate is checked (and the callback runs) again; under "once" it is not, and
 --   peer_certificate() keeps the first handshake's certificate.

@@ -1,5 +1,5 @@
--- resumption_spec.lua: resumption cannot bypass a verification policy (API.md §2 "Session id
--- context", §3 opts.session and session_reused()).
+-- resumption_spec.lua: resumption cannot bypass a verification policy (doc/reference.md "The
+-- verification policy"; new_connection's opts.session and session_reused()).
 --
 -- OpenSSL does not verify a resumed session again: the chain check and the verify callback
 -- are skipped, and the peer certificate is the one stored in the session.  What keeps a

@@ -1,4 +1,4 @@
--- servername_spec.lua: API.md §2 server-side SNI, the session callback and session options.
+-- servername_spec.lua: doc/reference.md ctx:set_servername_callback, the session callback and session options.
 local sslctx = require "sslctx"
 local helper = require "helper"
 

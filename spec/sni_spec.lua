@@ -1,4 +1,4 @@
--- sni_spec.lua: server-side SNI (API.md §2 set_servername_callback): the callback gets the
+-- sni_spec.lua: server-side SNI (doc/reference.md ctx:set_servername_callback): the callback gets the
 -- name the client sent, and a returned context's certificate, mode, callback, depth,
 -- verification parameters, trust store and session id context apply to the connection;
 -- nil keeps the current context.  Resumption across a switch follows the policy of the

@@ -1,4 +1,4 @@
--- Regressions for the socket and fd transports (API.md §3).
+-- Regressions for the socket and fd transports (doc/reference.md "Connections").
 local helper = require "helper"
 local ok_socket, socket = pcall(require, "socket")
 

@@ -1,4 +1,4 @@
--- x509_spec.lua: API.md §4, certificate objects, checked against the openssl CLI.
+-- x509_spec.lua: doc/reference.md "Certificates", certificate objects, checked against the openssl CLI.
 local sslctx = require "sslctx"
 local helper = require "helper"
 

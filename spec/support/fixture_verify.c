@@ -1,5 +1,5 @@
 /* fixture_verify.c: a trusted native verify callback for the "/absolute/path/lib.so:symbol"
- * form of API.md §1.  Compiled at test time by spec/support/callbacks.lua.
+ * form of doc/reference.md "Verification modes".  Compiled at test time by spec/support/callbacks.lua.
  *
  * Observable behaviour: keeps OpenSSL's verdict above the leaf, and rejects the leaf
  * (depth 0) with X509_V_ERR_CERT_REJECTED (28), a code neither OpenSSL nor the module's
