@@ -6,9 +6,10 @@
 -- leaf name, default "server": <cert>-chain.pem and <cert>.key), verify (a server mode of
 -- doc/reference.md "Verification modes", default "never"), max (connections to serve,
 -- default 1), behaviour ("rev": reply each line reversed, like `openssl s_server -rev`;
--- "http": one HTTP/1.0 response; "hold": handshake, send "hi\n" and then wait for the peer to close), transport ("socket": the
--- sslctx.socket adapter; "fd": a raw fd connection driven with socket.select), tls ("1.2" |
--- "1.3"), timeout (seconds per connection, default 5), accept_timeout (default 30).
+-- "http": one HTTP/1.0 response; "hold": handshake, send "hi\n" and then wait for the peer
+-- to close), transport ("socket": the sslctx.socket adapter; "fd": a raw fd connection
+-- driven with socket.select), tls ("1.2" | "1.3"), timeout (seconds per connection,
+-- default 5), accept_timeout (default 30).
 --
 -- Prints "READY <port>" once listening, then one line per connection:
 --   RESULT n=[1] handshake=[ok|fail] kind=[..] msg=[..] code=[..] verified=[..] peer=[..]
