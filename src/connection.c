@@ -156,10 +156,7 @@ static int conn_tostring(lua_State *L) {
  * a clean close) and SSL_get_error(3) forbids further I/O.  Every driving call repeats the
  * first failure's kind. */
 static int push_already_failed(lua_State *L, sx_conn *conn) {
-  lua_pushnil(L);
-  lua_pushfstring(L, "%s: the connection has already failed", conn->fatal);
-  lua_pushstring(L, conn->fatal);
-  return 3;
+  return sx_push_failure(L, conn->fatal, "%s: the connection has already failed", conn->fatal);
 }
 
 /* Every call that can run OpenSSL's handshake records the thread that drives it, so that
@@ -194,10 +191,14 @@ static void drive_end(lua_State *L, sx_conn *conn) {
 }
 
 static int push_kind(lua_State *L, const char *kind) {
-  lua_pushnil(L);
-  lua_pushstring(L, kind);
-  lua_pushstring(L, kind);
-  return 3;
+  return sx_push_failure(L, kind, "%s", kind);
+}
+
+/* The transport ended without close_notify: truncation, never "closed". */
+static int push_eof(lua_State *L, sx_conn *conn) {
+  conn->fatal = "eof";
+  ERR_clear_error();
+  return sx_push_failure(L, "eof", "eof: the peer closed the connection without close_notify");
 }
 
 static int is_verify_failure(unsigned long e) {
@@ -213,12 +214,7 @@ static int push_ssl_failure(lua_State *L, sx_conn *conn) {
    * not parse queues "invalid certificate" first): it decides the kind wherever it is. */
   if (!is_verify_failure(e) && is_verify_failure(ERR_peek_last_error())) e = ERR_peek_last_error();
   if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
-    conn->fatal = "eof";
-    ERR_clear_error();
-    lua_pushnil(L);
-    lua_pushliteral(L, "eof: the peer closed the connection without close_notify");
-    lua_pushliteral(L, "eof");
-    return 3;
+    return push_eof(L, conn);
   }
   if (is_verify_failure(e)) {
     long vr = SSL_get_verify_result(conn->ssl);
@@ -265,18 +261,11 @@ static int push_io_result(lua_State *L, sx_conn *conn, io_status st) {
   case SSL_ERROR_ZERO_RETURN: return push_kind(L, "closed");
   case SSL_ERROR_SYSCALL:
     if (ERR_peek_error() == 0 && st.sys_errno == 0) {
-      conn->fatal = "eof";
-      lua_pushnil(L);
-      lua_pushliteral(L, "eof: the peer closed the connection without close_notify");
-      lua_pushliteral(L, "eof");
-      return 3;
+      return push_eof(L, conn);
     }
     if (ERR_peek_error() != 0) return push_ssl_failure(L, conn);
     conn->fatal = "syscall";
-    lua_pushnil(L);
-    lua_pushstring(L, strerror(st.sys_errno));
-    lua_pushliteral(L, "syscall");
-    return 3;
+    return sx_push_failure(L, "syscall", "%s", strerror(st.sys_errno));
   case SSL_ERROR_SSL: return push_ssl_failure(L, conn);
   default:
     conn->fatal = "ssl";

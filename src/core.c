@@ -7,6 +7,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/evp.h>
+#include <stdarg.h>
 #include "private.h"
 
 int sx_ssl_ex_index = -1;
@@ -135,6 +136,25 @@ int sx_push_error(lua_State *L, const char *prefix, const char *kind) {
     lua_pushstring(L, prefix);
   }
   lua_pushstring(L, kind);
+  return 3;
+}
+
+int sx_push_failure(lua_State *L, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  lua_pushnil(L);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_pushstring(L, kind);
+  return 3;
+}
+
+/* nil, "<what>[: <path>]: <OpenSSL's reasons>", kind. */
+int sx_push_ssl_failure(lua_State *L, const char *what, const char *path, const char *kind) {
+  if (path == NULL) return sx_push_error(L, what, kind);
+  lua_pushfstring(L, "%s: %s", what, path);
+  sx_push_error(L, lua_tostring(L, -1), kind);
+  lua_remove(L, -4);
   return 3;
 }
 

@@ -113,25 +113,6 @@ int sx_is_der(const char *s, size_t len) {
   return len > 0 && (unsigned char)s[0] == 0x30;
 }
 
-int sx_push_failure(lua_State *L, const char *kind, const char *fmt, ...) {
-  va_list ap;
-  lua_pushnil(L);
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lua_pushstring(L, kind);
-  return 3;
-}
-
-/* nil, "<what>[: <path>]: <OpenSSL's reasons>", kind. */
-int sx_push_ssl_failure(lua_State *L, const char *what, const char *path, const char *kind) {
-  if (path == NULL) return sx_push_error(L, what, kind);
-  lua_pushfstring(L, "%s: %s", what, path);
-  sx_push_error(L, lua_tostring(L, -1), kind);
-  lua_remove(L, -4);
-  return 3;
-}
-
 /* Declines any password: a certificate or CRL is never encrypted, and OpenSSL's default
  * would prompt on the terminal. */
 static int no_password(char *buf, int size, int rwflag, void *u) {
