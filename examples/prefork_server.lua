@@ -227,6 +227,9 @@ local function run_worker(n)
   local served = 0
   local function serve(client)
     served = served + 1
+    -- the handshake's last flight, the session tickets and the greeting are separate small
+    -- writes: without this, Nagle's algorithm holds the later ones for the client's delayed ACK
+    client:setoption("tcp-nodelay", true)
     local s = assert(sslsocket.wrap(client, ctx))
     s:settimeout(o.timeout, "t")   -- the whole connection is bounded
     local conn = s:connection()
