@@ -129,6 +129,9 @@ for rep in $(seq 1 "$REPS"); do
   echo "== repetition $rep/$REPS (load $(cut -d' ' -f1 /proc/loadavg))" >&2
   for w in $WORKLOADS; do
     [ "$w" = c10k ] && continue   # once, below
+    if [ "$w" = reconnect_pool ]; then   # opt-in; bench/reconnect_pool.lua, its own table below
+      timeout -k 5 "$RUN_TIMEOUT" "$LUA" bench/reconnect_pool.lua "$PKI" "$RECONNECT_N" "$MAXS" | sed -n "s/^RESULT /POOL rep=$rep RESULT /p" >>"$results"; continue
+    fi
     n=$(n_for "$w")
     one "$rep" "$LUA" bench/run.lua "$w" "$PKI" "$n" "$MAXS"
     if [ "$w" = reconnect ]; then
@@ -238,4 +241,5 @@ fi
 echo "META load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$results"
 echo "META elapsed_s=$(( $(date +%s) - t_start ))" >>"$results"
 "$LUA" bench/report.lua "$results" | tee "$OUT/report.md"
+if grep -q '^POOL ' "$results"; then "$LUA" bench/reconnect_pool.lua --report "$results" | tee -a "$OUT/report.md"; fi
 if [[ " $WORKLOADS " == *" c10k "* ]] && [ -f "$OUT/c10k.md" ]; then cat "$OUT/c10k.md"; fi
