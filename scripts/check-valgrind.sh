@@ -51,7 +51,7 @@ spec/callback_spec.lua spec/posthandshake_spec.lua spec/renegotiation_spec.lua
 spec/resumption_spec.lua spec/servername_spec.lua spec/sni_spec.lua
 spec/session_cache_spec.lua spec/transport_spec.lua spec/x509_spec.lua spec/gc_spec.lua
 spec/badinput_spec.lua spec/limbo_spec.lua spec/lifetime_spec.lua spec/policy_binding_spec.lua
-spec/policy_property_spec.lua"
+spec/policy_property_spec.lua spec/tickets_spec.lua"
 specs=()
 if [ $# -gt 0 ]; then
   specs=("$@")
@@ -96,7 +96,7 @@ while IFS= read -r -d '@' block; do
   [ -n "${block//[$'\n ']/}" ] || continue
   bytes=$(echo "$block" | grep -m 1 'definitely lost in loss record' | sed -E 's/^==[0-9]+== *([0-9,]+) (\([0-9,]+ direct, [0-9,]+ indirect\) )?bytes.*/\1/' | tr -d ,)
   [[ "$bytes" =~ ^[0-9]+$ ]] || bytes=0
-  if echo "$block" | grep -qE 'sslctx/core\.so|\((core|context|connection|verify|x509|pkey|session|bio|hook|policy|trust)\.c:[0-9]+\)'; then
+  if echo "$block" | grep -qE 'sslctx/core\.so|\((core|context|connection|verify|x509|pkey|session|bio|hook|policy|trust|tickets|sessstore|callback|ctx_callbacks|conninfo)\.c:[0-9]+\)'; then
     ours_bytes=$((ours_bytes + bytes)); ours_records=$((ours_records + 1))
     echo "$block" >> "$OUT/ours.txt"
   else
