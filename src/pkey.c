@@ -65,7 +65,7 @@ static int password_helper(lua_State *L) {
   return 0;
 }
 
-int sx_password_cb(char *buf, int size, int rwflag, void *u) {
+static int sx_password_cb(char *buf, int size, int rwflag, void *u) {
   sx_password *pw = (sx_password *)u;
   lua_State *L;
   password_call c;
@@ -223,7 +223,7 @@ void sx_pkey_push(lua_State *L, EVP_PKEY *k) {
   u->k = k;
 }
 
-EVP_PKEY *sx_pkey_test(lua_State *L, int arg) {
+static EVP_PKEY *sx_pkey_test(lua_State *L, int arg) {
   sx_pkey *u = (sx_pkey *)luaL_testudata(L, arg, SX_PKEY_MT);
   return u != NULL ? u->k : NULL;
 }

@@ -113,8 +113,8 @@ static void mix_callback(sx_digest *d, const sx_policy *p) {
   }
 }
 
-void sx_policy_identity(const sx_policy *p, int side, X509_VERIFY_PARAM *param, int sec_level,
-                        unsigned char out[32]) {
+static void sx_policy_identity(const sx_policy *p, int side, X509_VERIFY_PARAM *param, int sec_level,
+                               unsigned char out[32]) {
   sx_digest d;
   int i;
   const char *host;
@@ -140,7 +140,7 @@ void sx_policy_identity(const sx_policy *p, int side, X509_VERIFY_PARAM *param, 
 }
 
 /* Folds a value into a running digest (verification parameters, the client's name). */
-void sx_policy_mix(unsigned char digest[32], const char *what, const void *p, size_t n) {
+static void sx_policy_mix(unsigned char digest[32], const char *what, const void *p, size_t n) {
   sx_digest d;
   sx_digest_init(&d);
   sx_digest_update(&d, digest, 32);

@@ -225,10 +225,8 @@ typedef struct sx_password {
   int failed;       /* the callback raised or returned a bad value */
   int err_index;    /* then: stack index of its message */
 } sx_password;
-int sx_password_cb(char *buf, int size, int rwflag, void *u);
 
 void sx_pkey_open(lua_State *L);
-EVP_PKEY *sx_pkey_test(lua_State *L, int arg);
 void sx_pkey_push(lua_State *L, EVP_PKEY *k);     /* up-refs k */
 /* Loads a private key from PEM text, a PEM/DER file, or a pkey object; NULL with
  * nil,msg,kind pushed on failure. */
@@ -277,9 +275,6 @@ int sx_ctx_lend_trust(sx_ctx *c, SSL *ssl);
 
 void sx_callback_identify(lua_State *L, int idx, const void *pointer, sx_callback *cb);
 void sx_callback_name(const char *name, sx_callback *cb);
-void sx_policy_identity(const sx_policy *p, int side, X509_VERIFY_PARAM *param, int sec_level,
-                        unsigned char out[32]);
-void sx_policy_mix(unsigned char digest[32], const char *what, const void *p, size_t n);
 void sx_ctx_refresh_sid(sx_ctx *c);
 void sx_conn_policy_changed(lua_State *L, sx_conn *conn);
 void sx_conn_client_start(sx_conn *conn);
