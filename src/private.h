@@ -208,6 +208,7 @@ void sx_ctx_policy_digest(lua_State *L, sx_ctx *c, const sx_policy *p, X509_VERI
 void sx_ctx_refresh_sid(lua_State *L, sx_ctx *c);
 
 void sx_connection_open(lua_State *L);
+void sx_conninfo_open(lua_State *L);   /* conninfo.c: after sx_connection_open */
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */
 BIO *sx_outbox_new(void);      /* bio.c: the memory transport's write side */
 const char *sx_outbox_peek(BIO *b, size_t *n);
