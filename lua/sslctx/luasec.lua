@@ -581,7 +581,15 @@ function Conn:getpeerverification()
   local ok, errs = self.stream:getpeerverification()
   if ok then return true end
   if self.meta.continue then return false, errs end
-  local _, str = self.stream:connection():verify_result()
+  local code, str = self.stream:connection():verify_result()
+  if code == 0 and type(errs) == "table" then
+    -- an error a callback let pass (lsec_ignore_purpose): the deepest-first one recorded
+    local depths = {}
+    for d in pairs(errs) do depths[#depths + 1] = d end
+    table.sort(depths)
+    local first = errs[depths[1]]
+    if first and first[1] then str = first[1] end
+  end
   return false, str
 end
 
