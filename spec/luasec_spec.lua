@@ -328,7 +328,9 @@ describe("sslctx.luasec.newcontext", function()
       { { mode = "client", cafile = "/nonexistent/ca.pem" }, "/nonexistent/ca.pem" },
       { { mode = "server", key = "/nonexistent/key.pem", certificate = pki("server.pem") },
         "/nonexistent/key.pem" },
-      { { mode = "client", dane = true }, "dane is not supported" },
+      { { mode = "client", psk = function() end }, "psk is not supported" },
+      { { mode = "client", dane = { "bogus" } }, "invalid DANE flag (bogus)" },
+      { { mode = "client", options = { "cisco_anyconnect" } }, "cisco_anyconnect is not supported" },
       { { mode = "client", verifyext = "lsec_bogus" }, "invalid verifyext option (lsec_bogus)" },
       { { mode = "client", password = 42, key = pki("client.key") }, "invalid password type" },
     }

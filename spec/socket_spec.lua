@@ -87,7 +87,7 @@ describe("sslctx.socket", function()
       local c, s = tcp_pair()
       local st = sslsocket.wrap(c, { side = "client", ca_file = helper.pki("ca.pem") },
                                 { hostname = "localhost" })
-      assert.equal("sslctx.socket{client}", tostring(st):match("^[^:]+"))
+      assert.equal("SSL stream (sslctx.socket{client})", tostring(st):match("^[^:]+"))
       st:close()
       local c2, s2 = tcp_pair()
       local none, msg, kind = sslsocket.wrap(c2, { ca_file = "/nonexistent/ca.pem" })

@@ -697,7 +697,7 @@ end
 M.config = {
   protocols = { tlsv1_2 = true, tlsv1_3 = true },
   algorithms = { ec = true },
-  capabilities = { alpn = true, curves_list = true },
+  capabilities = { alpn = true, curves_list = true, dane = { no_ee_namechecks = true } },
 }
 
 M.Conn = Conn

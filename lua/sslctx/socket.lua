@@ -313,6 +313,7 @@ function M.connect(host, port, opts)
   s.cache, s.cache_key = cache, key
   ok, msg, kind = s:dohandshake()
   if not ok then
+    if kind == "timeout" then msg = "timeout" end   -- a blocking call: LuaSocket's word
     if cache then cache[key] = nil end
     s:close()
     return nil, msg, kind
