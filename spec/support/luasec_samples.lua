@@ -56,7 +56,9 @@ local function handshake(conn, nonblocking)
     local ok, err = conn:dohandshake()
     if ok then
       out("handshake", "true")
-      out("wants", table.concat(words, ","))
+      -- the server's first step may find the client's whole answer already there: only
+      -- the client's first step surely waits
+      if role == "client" then out("wants", table.concat(words, ",")) end
       return true
     end
     if err ~= "wantread" and err ~= "wantwrite" then
