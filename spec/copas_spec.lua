@@ -1,7 +1,7 @@
 -- spec/copas_spec.lua: copas 4, unchanged, over sslctx.socket streams and over the LuaSec
 -- facade (doc/reference.md, sslctx.socket): an echo server and many clients in one copas
 -- loop with SNI, mutual TLS and a rejected certificate; handshakes under settimeout(0);
--- copas.http GETs against `openssl s_server -www`.
+-- copas.http GETs against `openssl s_server -www` and nginx.
 --
 -- copas 4 and its helpers are not packaged by Debian 12: the specs load them from
 -- ../shared/thirdparty beside the checkout (CI); where that is absent they are pending.
@@ -274,5 +274,32 @@ describe("copas 4 with the LuaSec facade as its ssl module", function()
     assert.is_false(results.untrusted[1])
     assert.truthy(tostring(results.untrusted[2]):find("certificate verify failed", 1, true),
                   tostring(results.untrusted[2]))
+  end)
+
+  it_copas("copas.http GETs from nginx with a client certificate (nginx verifies it)", function()
+    local proc = peers.nginx{ verify_client = "optional" }
+    local http = require "copas.http"
+    local ltn12 = require "ltn12"
+    local results = {}
+    local function get(cert, key)
+      local parts = {}
+      local ok, code = http.request{
+        url = "https://localhost:" .. proc.port .. "/",
+        sink = ltn12.sink.table(parts),
+        sslparams = { wrap = { mode = "client", protocol = "any", verify = "peer",
+                               cafile = helper.pki("ca.pem"),
+                               certificate = cert and helper.pki(cert), key = key and helper.pki(key) } },
+      }
+      return { ok, code, table.concat(parts) }
+    end
+    copas.addthread(function()
+      results.mtls = get("client-chain.pem", "client.key")
+      results.anonymous = get()
+    end)
+    assert.is_true(run_until(function() return results.anonymous ~= nil end, 30))
+    assert.equal(200, results.mtls[2], tostring(results.mtls[2]))
+    assert.equal("verify=SUCCESS subject=CN=Test Client,O=sslctx\n", results.mtls[3])
+    assert.equal(200, results.anonymous[2])
+    assert.equal("verify=NONE subject=\n", results.anonymous[3])
   end)
 end)
