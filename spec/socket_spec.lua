@@ -474,6 +474,19 @@ describe("sslctx.socket", function()
       assert.equal("CN=localhost", cs2:getpeercertificate():subject())
     end)
 
+    it("a map whose context callback was replaced afterwards fails the handshake, never " ..
+       "silently", function()
+      local sctx = helper.server_ctx()
+      local c, s = tcp_pair()
+      local cs = track(sslsocket.wrap(c, helper.client_ctx({ verify = "never" }), { hostname = "wrong.example" }))
+      local ss = track(sslsocket.wrap(s, sctx))
+      assert.is_true(ss:sni({ ["wrong.example"] = wrong }))
+      sctx:set_servername_callback(function() return nil end)
+      local _, se = pump(cs, ss)
+      assert.same({ "sni(map): the context's servername callback was replaced; the map was not applied",
+                    "callback" }, se)
+    end)
+
     it("raises on a bad map, on a client context in it, after the handshake started", function()
       local c, s = tcp_pair()
       local ss = track(sslsocket.wrap(s, helper.server_ctx()))

@@ -330,12 +330,12 @@ end
 -- the current context).
 
 local driving = nil
-local sni_installed = setmetatable({}, { __mode = "k" })   -- contexts with our callback
 
 local function sni_dispatch(name)
   local self = driving
   local map = self and self.sni_map
   if not map then return nil end
+  self.sni_ran = true
   if name ~= nil then
     local ctx = map[name] or map[name:lower()]
     if ctx then return ctx end
@@ -369,6 +369,11 @@ function Stream:_handshake(start)
   self.started = true
   while true do
     local ok, msg, kind = drive_handshake(self, conn)
+    if ok and self.sni_map and not self.sni_ran then
+      -- the map was never consulted: the context's callback was replaced after sni(map)
+      ok, msg, kind = nil, "sni(map): the context's servername callback was replaced; " ..
+                           "the map was not applied", "callback"
+    end
     if ok then
       self.handshaken = true
       self.wants = "nothing"
@@ -709,11 +714,9 @@ local function sni_server(self, map, strict)
   end
   if self.started then error("sni: the handshake has already started", 3) end
   self.sni_map, self.sni_strict = copy_, strict and true or false
+  -- (again each time: a callback set in between must not make the map silently unused)
   local ctx = self.conn and self.conn:context() or self.ctx
-  if not sni_installed[ctx] then
-    ctx:set_servername_callback(sni_dispatch)
-    sni_installed[ctx] = true
-  end
+  ctx:set_servername_callback(sni_dispatch)
   return true
 end
 
