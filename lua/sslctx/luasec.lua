@@ -122,9 +122,9 @@ end
 
 local X509_V_ERR_INVALID_PURPOSE = 26
 
--- LuaSec's lsec_ignore_purpose as an sslctx verify callback: the purpose error passes (it
--- stays the verify result, as in LuaSec), anything else goes to the caller's callback or
--- keeps OpenSSL's verdict.
+-- LuaSec's lsec_ignore_purpose as an sslctx verify callback: the purpose error passes (the
+-- client's getpeerverification still reports it), anything else goes to the caller's
+-- callback or keeps OpenSSL's verdict.
 local function ignore_purpose(user)
   return function(ok, store)
     if not ok and store:error() == X509_V_ERR_INVALID_PURPOSE then return true end
@@ -526,7 +526,7 @@ function Conn:sni(name, strict)
     local s, msg = self:_stream()
     if not s then return nil, msg end
     local ok, err = pcall(s.sni, s, name, strict)
-    if not ok then error(strip_position(err), 2) end
+    if not ok then error((tostring(err):gsub("^[^:]+:%d+: ", "")), 2) end
     return true
   end
   if type(name) == "table" then error("sni(map) is for server connections", 2) end
