@@ -33,11 +33,11 @@
 --
 -- Errors: err is LuaSocket's "timeout" when the deadline passed ("wantread" from send and
 -- "wantwrite" from receive when the wait was the other way, a TLS record in the way) and
--- "closed" when the peer
--- closed the TLS stream cleanly (close_notify); anything else is the core's message (a
--- truncated stream, an "eof: ..." message, is never reported as "closed").  The extra last
--- value is the core's kind (API.md's table, plus "timeout").  The handshake runs implicitly
--- in the first send/receive when dohandshake was not called.
+-- "closed" when the peer closed the TLS stream cleanly (close_notify); anything else is the
+-- core's message (a truncated stream, an "eof: ..." message, is never reported as
+-- "closed").  The extra last value is the core's kind (doc/reference.md's table, plus
+-- "timeout").  The handshake runs implicitly in the first send/receive when dohandshake was
+-- not called.
 --
 -- copas 4: a stream prints as "SSL ..." (copas tells TCP from UDP, and plain from TLS, by
 -- the first three characters of tostring), and socket.select (and so copas) sees it
@@ -45,8 +45,9 @@
 -- readable at once).  Use
 --   local s = copas.wrap(sslsocket.wrap(tcp, ctx, opts))
 -- in a copas thread or in an addserver handler (whose copas-wrapped socket wrap() takes as
--- it is), then s:dohandshake() or s:send/s:receive (they run the handshake).  Under
--- settimeout(0) every would-block returns at once with what copas waits on.
+-- it is), then s:send/s:receive (they run the handshake), or s:dohandshake() where
+-- require "ssl" works (copas loads it first).  Under settimeout(0) every would-block
+-- returns at once with what copas waits on.
 --
 -- Client session reuse: connect() keeps, per context, the last resumable session for each
 -- host:port (and hostname), taken after the handshake (TLS 1.2) or after reads and at close
