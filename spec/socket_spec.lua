@@ -1,6 +1,5 @@
 -- spec/socket_spec.lua: sslctx.socket, the LuaSocket adapter (doc/reference.md, sslctx.socket),
--- over real sockets
--- on 127.0.0.1: LuaSocket's receive/send/timeout shapes, dirty/getfd for select and copas,
+-- over real sockets on 127.0.0.1: LuaSocket's receive/send/timeout shapes, dirty/getfd for select and copas,
 -- verification results, sni, and client session reuse.
 
 local helper = require "helper"
