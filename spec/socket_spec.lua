@@ -1,6 +1,7 @@
--- spec/socket_spec.lua: sslctx.socket, the LuaSocket adapter (doc/reference.md, sslctx.socket),
--- over real sockets on 127.0.0.1: LuaSocket's receive/send/timeout shapes, dirty/getfd for select and copas,
--- verification results, sni, and client session reuse.
+-- spec/socket_spec.lua: sslctx.socket, the LuaSocket adapter (doc/reference.md,
+-- sslctx.socket), over real sockets on 127.0.0.1: LuaSocket's receive/send/timeout shapes,
+-- dirty/getfd for select and copas, verification results, sni (both sides), DANE, and
+-- client session reuse.
 
 local helper = require "helper"
 local peers = require "support.peers"
