@@ -228,6 +228,7 @@ describe("DANE", function()
     assert.truthy(helper.raises(c.add_tlsa, c, 256, 1, 1, "x"):find("0 to 255", 1, true))
     assert.truthy(helper.raises(c.add_tlsa, c, 3, -1, 1, "x"):find("0 to 255", 1, true))
     assert.truthy(helper.raises(c.add_tlsa, c, 3, 1, 1, nil):find("string expected", 1, true))
+    assert.truthy(helper.raises(c.add_tlsa, c, 3, 1, 0, ("x"):rep(16385)):find("too long", 1, true))
     -- as a method call, Lua does not count self
     assert.truthy(select(2, pcall(function() local v = c:add_tlsa(3, 1, 999, "x"); return v end))
                     :find("bad argument #3 to 'add_tlsa'", 1, true))
@@ -249,5 +250,68 @@ describe("x509:signature_name()", function()
       local x = require("sslctx").x509(helper.read(name))
       assert.equal(want, x:signature_name(), name)
     end
+  end)
+end)
+
+-- Any allocation inside a method may run a finalizer, and a finalizer may close the very
+-- connection whose method runs.  These methods copy what the SSL owns onto the C stack
+-- before pushing anything: each finishes with what it read, and the connection is closed
+-- after.  A chain of K finalizers puts the close at the K-th collection step; in a child
+-- interpreter (under valgrind where there is one), so that a crash fails this spec only.
+local CLOSE_IN_METHOD = [=[
+  local helper = require "helper"
+  local function busy_gc()
+    if _VERSION == "Lua 5.4" then collectgarbage("incremental", 0, 1000)
+    else collectgarbage("setpause", 0); collectgarbage("setstepmul", 100000) end
+  end
+  local function garbage_with_finalizer(fn)
+    if newproxy then getmetatable(newproxy(true)).__gc = fn
+    else setmetatable({}, { __gc = fn }) end
+  end
+  local spki = io.popen("openssl pkey -in '" .. helper.pki("server.key") ..
+                        "' -pubout -outform DER | openssl dgst -sha256 -binary"):read("*a")
+  local CALLS = {
+    cipher_info = function(c) return c:cipher_info() end,
+    export_keying_material = function(c) return c:export_keying_material("EXPORTER-x", 4096) end,
+    finished = function(c) return c:finished() end,
+    peer_finished = function(c) return c:peer_finished() end,
+    dane_tlsa = function(c) return c:dane_tlsa() end,
+  }
+  for name, call in pairs(CALLS) do
+    for K = 1, 5 do
+      local cctx = helper.client_ctx({ ca_file = helper.pki("other-ca.pem") })
+      local c = cctx:new_connection{ hostname = "localhost" }
+      assert(c:set_dane("localhost"))
+      assert(c:add_tlsa(3, 1, 1, spki))
+      local s = helper.server_ctx():new_connection()
+      assert(helper.pump(c, s))
+      collectgarbage("collect")
+      collectgarbage("stop")
+      local function link(k)
+        garbage_with_finalizer(function()
+          if k == K then c:close() return end
+          link(k + 1)
+          local pad = string.rep("x", 8192)
+        end)
+      end
+      link(1)
+      busy_gc()
+      collectgarbage("restart")
+      local ok, r = pcall(call, c)
+      assert(ok and r ~= nil, name .. " K=" .. K .. ": " .. tostring(r))
+      for _ = 1, K + 2 do collectgarbage("collect") end
+      assert(tostring(c):find("closed"), name .. ": the close was lost")
+      assert(not pcall(call, c), name .. ": a closed connection must raise")
+    end
+  end
+  print("CHILD-DONE")
+]=]
+
+describe("a finalizer closes the connection during one of these methods", function()
+  it("each method finishes; the connection is closed after (child process)", function()
+    local out, rc = helper.valgrind_child(CLOSE_IN_METHOD, 240)
+    if out == nil then out, rc = helper.run_child(CLOSE_IN_METHOD, 60) end
+    assert.is_truthy(out:find("CHILD-DONE", 1, true) and rc == 0,
+                     "the child crashed, valgrind found errors (exit 99) or an assertion failed:\n" .. out)
   end)
 end)

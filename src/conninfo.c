@@ -8,28 +8,14 @@
 #include <string.h>
 #include "private.h"
 
-/* Largest exported keying material and TLSA association data accepted (bytes). */
+/* Largest exported keying material and TLSA association data accepted (bytes): both are
+ * copied through a buffer on the C stack. */
 #define SX_EKM_MAX 16384
-#define SX_TLSA_MAX 65536
+#define SX_TLSA_MAX 16384
 
-/* Pushes a copy of len bytes that the SSL owns.  The copy is made into a fresh userdata
- * first: allocating may run a finalizer that closes this connection (and frees p), so p is
- * fetched again by get() only after the allocation.  Returns 0 when the connection was
- * closed meanwhile. */
-typedef size_t (*sx_owned_getter)(SSL *ssl, const unsigned char **p);
-
-static int push_owned_copy(lua_State *L, sx_conn *conn, size_t len, sx_owned_getter get) {
-  const unsigned char *p = NULL;
-  size_t now;
-  unsigned char *tmp = (unsigned char *)sx_newuserdata(L, len > 0 ? len : 1);
-  if (conn->ssl == NULL) return 0;
-  now = get(conn->ssl, &p);
-  if (p == NULL || now != len) return 0;
-  memcpy(tmp, p, len);
-  lua_pushlstring(L, (const char *)tmp, len);
-  lua_remove(L, -2);
-  return 1;
-}
+/* Bytes the SSL owns are copied onto the C stack before anything is pushed: a push may run
+ * a finalizer that closes this connection (and frees them), and the method must still
+ * finish with what it read (the rule connection.c keeps with its busy count). */
 
 /* ---- cipher ------------------------------------------------------------- */
 
@@ -100,11 +86,9 @@ static int conn_export_keying_material(lua_State *L) {
   const char *label = luaL_checklstring(L, 2, &label_len);
   lua_Integer len = luaL_checkinteger(L, 3);
   const char *context = luaL_optlstring(L, 4, NULL, &ctx_len);
-  unsigned char *out;
+  unsigned char out[SX_EKM_MAX];
   if (len < 1 || len > SX_EKM_MAX)
     return luaL_argerror(L, 3, lua_pushfstring(L, "length must be 1 to %d", SX_EKM_MAX));
-  out = (unsigned char *)sx_newuserdata(L, (size_t)len);
-  if (conn->ssl == NULL) return luaL_argerror(L, 1, "connection is closed");
   if (!SSL_is_init_finished(conn->ssl)) {
     lua_pushnil(L);
     lua_pushliteral(L, "export_keying_material: the handshake is not complete");
@@ -223,31 +207,24 @@ static int conn_add_tlsa(lua_State *L) {
   return sx_push_error(L, "add_tlsa", "ssl");
 }
 
-static size_t get_tlsa_data(SSL *ssl, const unsigned char **p) {
-  uint8_t u, s, m;
-  size_t len = 0;
-  *p = NULL;
-  if (SSL_get0_dane_tlsa(ssl, &u, &s, &m, p, &len) < 0) *p = NULL;
-  return len;
-}
-
 /* conn:dane_tlsa() -> usage, selector, mtype, data, depth of the TLSA record that
  * authenticated the peer | nil (DANE not enabled, or no record matched). */
 static int conn_dane_tlsa(lua_State *L) {
   sx_conn *conn = sx_conn_check(L, 1);
   uint8_t usage = 0, selector = 0, mtype = 0;
   const unsigned char *data = NULL;
+  unsigned char copy[SX_TLSA_MAX];
   size_t len = 0;
   int depth = SSL_get0_dane_tlsa(conn->ssl, &usage, &selector, &mtype, &data, &len);
-  if (depth < 0) {
+  if (depth < 0 || data == NULL || len > sizeof copy) {   /* add_tlsa took none larger */
     lua_pushnil(L);
     return 1;
   }
+  memcpy(copy, data, len);
   lua_pushinteger(L, usage);
   lua_pushinteger(L, selector);
   lua_pushinteger(L, mtype);
-  if (!push_owned_copy(L, conn, len, get_tlsa_data))
-    return luaL_error(L, "dane_tlsa: the connection was closed during the call");
+  lua_pushlstring(L, (const char *)copy, len);
   lua_pushinteger(L, depth);
   return 5;
 }
