@@ -130,8 +130,17 @@ static int conn_peer_finished(lua_State *L) {
 
 static const char *const dane_flag_names[] = {"no_ee_namechecks", NULL};
 
+/* DANE is set before the handshake: afterwards (or on a borrowed connection, whose owner
+ * drives it) nil, message, "ssl", as other methods report a state they cannot act in. */
+static int push_started(lua_State *L, const char *what) {
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: the handshake has already started", what);
+  lua_pushliteral(L, "ssl");
+  return 3;
+}
+
 /* conn:set_dane(basedomain [, flags]) -> true | nil, message, "ssl".  Before the
- * handshake.  basedomain becomes the name checked (and sent as SNI when none is set).
+ * handshake (after it: nil, message, "ssl").  basedomain becomes the name checked (and sent as SNI when none is set).
  * The context is made DANE-capable on first use (SSL_CTX_dane_enable is idempotent and
  * changes nothing for connections that do not enable DANE). */
 static int conn_set_dane(lua_State *L) {
@@ -161,9 +170,7 @@ static int conn_set_dane(lua_State *L) {
       lua_pop(L, 1);
     }
   }
-  if (conn->borrowed) return luaL_error(L, "set_dane on a borrowed connection");
-  if (!SSL_in_before(conn->ssl))
-    return luaL_error(L, "set_dane: the handshake has already started");
+  if (conn->borrowed || !SSL_in_before(conn->ssl)) return push_started(L, "set_dane");
   ERR_clear_error();
   if (SSL_CTX_dane_enable(SSL_get_SSL_CTX(conn->ssl)) <= 0)
     return sx_push_error(L, "set_dane", "ssl");
@@ -189,8 +196,7 @@ static int conn_add_tlsa(lua_State *L) {
   const unsigned char *data = (const unsigned char *)luaL_checklstring(L, 5, &len);
   int r;
   if (len > SX_TLSA_MAX) return luaL_argerror(L, 5, "association data too long");
-  if (!SSL_in_before(conn->ssl))
-    return luaL_error(L, "add_tlsa: the handshake has already started");
+  if (conn->borrowed || !SSL_in_before(conn->ssl)) return push_started(L, "add_tlsa");
   ERR_clear_error();
   r = SSL_dane_tlsa_add(conn->ssl, (uint8_t)usage, (uint8_t)selector, (uint8_t)mtype, data,
                         len);
