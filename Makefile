@@ -22,7 +22,7 @@ DEMO_LUA ?= lua5.4
 BUSTED ?= /usr/bin/busted
 
 SRCS := src/core.c src/context.c src/connection.c src/verify.c src/x509.c \
-        src/pkey.c src/session.c src/bio.c src/hook.c \
+        src/pkey.c src/session.c src/bio.c src/hook.c src/conninfo.c \
         src/policy.c src/trust.c src/tickets.c src/sessstore.c src/callback.c \
         src/ctx_callbacks.c
 HDRS := src/compat.h src/private.h
@@ -91,7 +91,7 @@ test:
 	  log="build/test-$$lua.log"; \
 	  LUA_CPATH="build/$$lua/?.so;;" "$$lua" $(BUSTED) </dev/null 2>&1 | tee "$$log"; \
 	  rc=$${PIPESTATUS[0]}; ran="$$ran $$lua"; \
-	  line=$$(sed 's/\x1b\[[0-9;]*m//g' "$$log" | grep -E '^[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' | tail -n 1); \
+	  line=$$(LC_ALL=C sed 's/\x1b\[[0-9;]*m//g' "$$log" | grep -a -E '^[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' | tail -n 1); \
 	  if [ -z "$$line" ]; then \
 	    echo "=== $$lua: busted printed no summary (exit $$rc)"; bad="$$bad $$lua"; failed=$$((failed + 1)); continue; \
 	  fi; \

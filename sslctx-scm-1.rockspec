@@ -15,9 +15,7 @@ modes for each side (never/always/once/require/post-handshake), Lua or native
 verify callbacks, CRLs and verification parameters, a memory transport, and
 adapters for LuaSocket, OpenResty and LuaSec-style code.
 ]],
-   -- Assumed (the Lua ecosystem's usual licence; luarocks lint requires one):
-   -- confirm when a LICENSE file is added.
-   license = "MIT",
+   license = "MIT",   -- the LICENSE file
    homepage = "https://github.com/sslctx/sslctx",
 }
 
@@ -39,7 +37,7 @@ build = {
          sources = {
             "src/core.c", "src/context.c", "src/connection.c", "src/verify.c",
             "src/x509.c", "src/pkey.c", "src/session.c", "src/bio.c",
-            "src/hook.c", "src/policy.c", "src/trust.c",
+            "src/hook.c", "src/conninfo.c", "src/policy.c", "src/trust.c",
             "src/tickets.c", "src/sessstore.c", "src/callback.c",
             "src/ctx_callbacks.c",
          },

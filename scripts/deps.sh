@@ -7,8 +7,9 @@ set -eu
 
 # The one list.  luajit2/libluajit2-5.1-dev are OpenResty's LuaJIT (they replace
 # libluajit-5.1-dev); the peers (openssl, gnutls, nginx with its lua module, curl,
-# LuaSec) are what the interop, OpenResty and LuaSec-facade specs run against; clang
-# and valgrind serve the hardening checks, luarocks the rock check.
+# LuaSec) are what the interop, OpenResty and LuaSec-facade specs run against; coxpcall
+# is copas' (spec/copas_spec.lua); procps gives ps to the nginx spec (a minimal Debian has
+# none); clang and valgrind serve the hardening checks, luarocks the rock check.
 PACKAGES="
     gcc libc6-dev make pkg-config
     libssl-dev openssl ca-certificates
@@ -17,9 +18,9 @@ PACKAGES="
     lua5.3 liblua5.3-dev
     lua5.4 liblua5.4-dev
     luajit2 libluajit2-5.1-dev
-    lua-busted lua-socket lua-check lua-sec luarocks
+    lua-busted lua-socket lua-check lua-sec lua-coxpcall luarocks
     lua-luv lua-cqueues
-    gnutls-bin curl nginx libnginx-mod-http-lua
+    gnutls-bin curl nginx libnginx-mod-http-lua procps
     clang libclang-rt-14-dev valgrind
 "
 

@@ -275,6 +275,9 @@ local BASELINE = {
     set_session_id_context = function() return "x" end,
     set_policy = function() return "p" end,
     set_logger = fn,
+    export_keying_material = function() return "EXPORTER-x", 16 end,
+    set_dane = function() return "localhost" end,
+    add_tlsa = function() return 3, 1, 1, "x" end,
   },
   ["sslctx.x509"] = {
     check_host = function() return "localhost" end,
@@ -307,9 +310,11 @@ no_args("sslctx.connection", { "handshake", "read", "pending_plaintext", "shutdo
                                "verified_chain", "verify_result", "version", "cipher", "alpn",
                                "servername", "session", "session_reused", "get_verification_mode",
                                "get_verify_depth", "renegotiate", "verify_client_post_handshake",
-                               "side", "context", "getfd", "is_borrowed" })
+                               "side", "context", "getfd", "is_borrowed", "cipher_info",
+                               "finished", "peer_finished", "dane_tlsa" })
 no_args("sslctx.x509", { "subject", "issuer", "serial", "not_before", "not_after", "version",
-                         "fingerprint", "pem", "der", "subject_alt_names", "public_key" })
+                         "fingerprint", "pem", "der", "subject_alt_names", "public_key",
+                         "signature_name" })
 no_args("sslctx.crl", { "issuer", "last_update", "next_update", "pem", "der" })
 no_args("sslctx.pkey", { "type", "bits", "pem", "der" })
 no_args("sslctx.session", { "der", "id", "hostname", "is_resumable", "time", "timeout",

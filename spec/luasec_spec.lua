@@ -82,6 +82,9 @@ local EXPECTED = {
   -- client's first send still succeeds depends on timing (has the alert arrived yet?).
   nocert = { ["client send"] = true, ["client reply"] = true, ["client reply-bytes"] = true,
              ["client reply-rest"] = true, ["client reply-end"] = true },
+  -- TLS 1.2: an sslctx server prefers its own AEAD order (doc/defaults), LuaSec's the
+  -- client's; both pick a forward-secret AEAD suite (checked below).
+  tls12 = { ["client cipher"] = true, ["server cipher"] = true },
 }
 
 -- LuaSec 1.2's getpeerchain() on a server whose client sent no certificate returns a list
@@ -149,6 +152,8 @@ local CASES = {
   end,
   tls12 = function(r)
     assert.equal("TLSv1.2", r.client.protocol)
+    assert.truthy(r.client.cipher:find("^ECDHE%-") and (r.client.cipher:find("GCM") or
+                  r.client.cipher:find("CHACHA20")), r.client.cipher)
   end,
 }
 local ORDER = { "mtls", "nocert", "untrusted_none", "untrusted_peer", "continue", "nonblocking",
@@ -328,7 +333,9 @@ describe("sslctx.luasec.newcontext", function()
       { { mode = "client", cafile = "/nonexistent/ca.pem" }, "/nonexistent/ca.pem" },
       { { mode = "server", key = "/nonexistent/key.pem", certificate = pki("server.pem") },
         "/nonexistent/key.pem" },
-      { { mode = "client", dane = true }, "dane is not supported" },
+      { { mode = "client", psk = function() end }, "psk is not supported" },
+      { { mode = "client", dane = { "bogus" } }, "invalid DANE flag (bogus)" },
+      { { mode = "client", options = { "cisco_anyconnect" } }, "cisco_anyconnect is not supported" },
       { { mode = "client", verifyext = "lsec_bogus" }, "invalid verifyext option (lsec_bogus)" },
       { { mode = "client", password = 42, key = pki("client.key") }, "invalid password type" },
     }
@@ -385,6 +392,29 @@ describe("sslctx.luasec.newcontext", function()
     assert.equal("nothing", conn:want())
     assert.is_false(conn:dirty())
     conn:close()
+  end)
+
+  it("sni(map) is for servers and checks its map; DANE is for clients", function()
+    local socket = require "socket"
+    local srv = assert(socket.bind("127.0.0.1", 0))
+    local tcp = socket.tcp()
+    tcp:settimeout(5)
+    assert(tcp:connect("127.0.0.1", select(2, srv:getsockname())))
+    srv:settimeout(5)
+    local accepted = assert(srv:accept())
+    srv:close()
+    local sctx = assert(ssl.newcontext{ mode = "server", key = pki("server.key"),
+                                        certificate = pki("server-chain.pem") })
+    local s = assert(ssl.wrap(accepted, sctx))
+    local c = assert(ssl.wrap(tcp, { mode = "client", verify = "none" }))
+    assert.truthy(helper.raises(s.sni, s, { x = "y" }):find("map['x']: sslctx context expected", 1, true))
+    assert.truthy(helper.raises(s.sni, s, "name"):find("table of server names", 1, true))
+    assert.truthy(helper.raises(c.sni, c, {}):find("for server connections", 1, true))
+    assert.is_true(s:sni({ localhost = sctx }, true))
+    assert.same({ false, "DANE is for client connections" }, { s:setdane("localhost") })
+    assert.same({ false, "DANE is not enabled: call setdane first" }, { c:settlsa(3, 1, 1, "x") })
+    s:close()
+    c:close()
   end)
 
   it("loadcertificate gives LuaSec's certificate methods", function()

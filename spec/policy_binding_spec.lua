@@ -106,6 +106,20 @@ for _, v in ipairs(VERSIONS) do
         assert.is_true(b:session_reused())
       end)
 
+      it("DANE is part of the policy: a session made without it is not offered with it", function()
+        local good_server = helper.server_ctx(v.opts)
+        local a = cctx:new_connection { hostname = "localhost" }
+        assert.is_true((pump(a, good_server:new_connection())))
+        local sess = support.session_of(a)
+        local b = cctx:new_connection { hostname = "localhost", session = sess }
+        assert(b:set_dane("localhost"))
+        assert(b:add_tlsa(3, 1, 1, string.rep("\0", 32)))   -- matches no key: DANE must refuse
+        local bok, _, bkind = pump(b, good_server:new_connection())
+        assert.is_false(b:session_reused())
+        assert.is_nil(bok)
+        assert.equal("verify", bkind)
+      end)
+
       it("a session made for one hostname is not offered for another", function()
         local good_server = helper.server_ctx(v.opts)
         local a = cctx:new_connection { hostname = "localhost" }

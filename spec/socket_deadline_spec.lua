@@ -140,7 +140,8 @@ describe("sslctx.socket handshake deadline", function()
     local t0, would_block, ok, msg, kind = gettime(), 0, nil, nil, nil
     while gettime() - t0 < 3 do
       ok, msg, kind = s:dohandshake()
-      if ok or msg ~= "timeout" then break end
+      -- a would-block is LuaSec's "wantread"/"wantwrite" with kind "timeout" (copas' words)
+      if ok or (msg ~= "wantread" and msg ~= "wantwrite") then break end
       would_block = would_block + 1
       socket.select({ s }, nil, 0.1)
     end
@@ -190,7 +191,7 @@ describe("sslctx.socket handshake deadline", function()
     assert.truthy(msg:find("within 0.3 s", 1, true), msg)
     assert.truthy(gettime() - t0 < 1.5)
     s:close()
-    -- false: only the per-wait timeout, a would-block "timeout" the caller may retry
+    -- false: only the per-wait timeout, a would-block the caller may retry
     local silent2 = socket.tcp()
     silent2:settimeout(5)
     assert(silent2:connect("127.0.0.1", port))
@@ -200,7 +201,7 @@ describe("sslctx.socket handshake deadline", function()
     for _ = 1, 3 do
       local ok2, msg2, kind2 = s2:dohandshake()
       assert.is_nil(ok2)
-      assert.equal("timeout", msg2)
+      assert.truthy(msg2 == "wantread" or msg2 == "wantwrite", msg2)
       assert.equal("timeout", kind2)
     end
     s2:close()

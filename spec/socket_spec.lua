@@ -1,6 +1,7 @@
--- spec/socket_spec.lua: sslctx.socket, the LuaSocket adapter (API.md §5), over real sockets
--- on 127.0.0.1: LuaSocket's receive/send/timeout shapes, dirty/getfd for select and copas,
--- verification results, sni, and client session reuse.
+-- spec/socket_spec.lua: sslctx.socket, the LuaSocket adapter (doc/reference.md,
+-- sslctx.socket), over real sockets on 127.0.0.1: LuaSocket's receive/send/timeout shapes,
+-- dirty/getfd for select and copas, verification results, sni (both sides), DANE, and
+-- client session reuse.
 
 local helper = require "helper"
 local peers = require "support.peers"
@@ -87,7 +88,7 @@ describe("sslctx.socket", function()
       local c, s = tcp_pair()
       local st = sslsocket.wrap(c, { side = "client", ca_file = helper.pki("ca.pem") },
                                 { hostname = "localhost" })
-      assert.equal("sslctx.socket{client}", tostring(st):match("^[^:]+"))
+      assert.equal("SSL stream (sslctx.socket{client})", tostring(st):match("^[^:]+"))
       st:close()
       local c2, s2 = tcp_pair()
       local none, msg, kind = sslsocket.wrap(c2, { ca_file = "/nonexistent/ca.pem" })
@@ -305,7 +306,10 @@ describe("sslctx.socket", function()
       local function io(stream, op, ...)
         for _ = 1, 1000 do
           local a, err, part = stream[op](stream, ...)
-          if a or err ~= "timeout" then return a, err, part end
+          -- "wantread" from a send (or "wantwrite" from a receive) waits the other way
+          if a or (err ~= "timeout" and err ~= "wantread" and err ~= "wantwrite") then
+            return a, err, part
+          end
           coroutine.yield(stream, stream:want())
           if op == "receive" then
             local pat = ...
@@ -422,6 +426,146 @@ describe("sslctx.socket", function()
       assert.is_true(ok)
       assert.is_nil(errs)
       assert.is_true(verified)
+    end)
+  end)
+
+  describe("server-side sni(map [, strict])", function()
+    local pki = helper.pki
+    local function sni_pair(name, map_of, strict, sctx)
+      local c, s = tcp_pair()
+      local cctx = helper.client_ctx({ verify = "never" })
+      local cs = track(sslsocket.wrap(c, cctx, { hostname = name }))
+      local ss = track(sslsocket.wrap(s, sctx or helper.server_ctx()))
+      if map_of then assert.is_true(ss:sni(map_of, strict)) end
+      local ce, se = pump(cs, ss)
+      return cs, ss, ce, se
+    end
+    local wrong = helper.server_ctx({ certificate = pki("wronghost-chain.pem"), key = pki("wronghost.key") })
+
+    it("serves the mapped name's certificate; other names get the stream's own", function()
+      local cs, ss = sni_pair("wrong.example", { ["wrong.example"] = wrong })
+      assert.equal("CN=wrong.example", cs:getpeercertificate():subject())
+      assert.equal("wrong.example", ss:getsniname())
+      assert.equal(wrong, ss:connection():context())
+      cs = sni_pair("other.example", { ["wrong.example"] = wrong })
+      assert.equal("CN=localhost", cs:getpeercertificate():subject())
+      -- a name sent in capitals finds its lowercase entry
+      cs = sni_pair("WRONG.example", { ["wrong.example"] = wrong })
+      assert.equal("CN=wrong.example", cs:getpeercertificate():subject())
+    end)
+
+    it("strict: a name not in the map, or none, fails the handshake on both sides", function()
+      local _, _, ce, se = sni_pair("other.example", { ["wrong.example"] = wrong }, true)
+      assert.truthy(ce and se, "both sides must fail")
+      assert.equal("callback", se[2])
+      assert.truthy(se[1]:find("no certificate for the server name 'other.example'", 1, true), se[1])
+      assert.equal("ssl", ce[2])
+      -- an IP literal is not sent as SNI: no name at all
+      _, _, ce, se = sni_pair("127.0.0.1", { ["wrong.example"] = wrong }, true)
+      assert.truthy(ce and se)
+      assert.truthy(se[1]:find("(none sent)", 1, true), se[1])
+    end)
+
+    it("a map belongs to its stream: another stream on the same context keeps its certificate",
+       function()
+      local sctx = helper.server_ctx()
+      local cs = sni_pair("wrong.example", { ["wrong.example"] = wrong }, false, sctx)
+      assert.equal("CN=wrong.example", cs:getpeercertificate():subject())
+      local cs2 = sni_pair("wrong.example", nil, false, sctx)   -- no map on this stream
+      assert.equal("CN=localhost", cs2:getpeercertificate():subject())
+    end)
+
+    it("a map whose context callback was replaced afterwards fails the handshake, never " ..
+       "silently", function()
+      local sctx = helper.server_ctx()
+      local c, s = tcp_pair()
+      local cs = track(sslsocket.wrap(c, helper.client_ctx({ verify = "never" }), { hostname = "wrong.example" }))
+      local ss = track(sslsocket.wrap(s, sctx))
+      assert.is_true(ss:sni({ ["wrong.example"] = wrong }))
+      sctx:set_servername_callback(function() return nil end)
+      local _, se = pump(cs, ss)
+      assert.same({ "sni(map): the context's servername callback was replaced; the map was not applied",
+                    "callback" }, se)
+    end)
+
+    it("raises on a bad map, on a client context in it, after the handshake started", function()
+      local c, s = tcp_pair()
+      local ss = track(sslsocket.wrap(s, helper.server_ctx()))
+      track(c)
+      assert.truthy(helper.raises(ss.sni, ss, "name"):find("table of server names", 1, true))
+      assert.truthy(helper.raises(ss.sni, ss, { [1] = wrong }):find("non-empty strings", 1, true))
+      assert.truthy(helper.raises(ss.sni, ss, { x = "ctx" }):find("sslctx context expected", 1, true))
+      assert.truthy(helper.raises(ss.sni, ss, { x = helper.client_ctx() })
+                      :find("a server context expected", 1, true))
+      local _, ss2 = track(stream_pair())
+      assert.truthy(helper.raises(ss2.sni, ss2, { x = wrong }):find("already started", 1, true))
+    end)
+  end)
+
+  describe("channel data, DANE and LuaSec's info fields", function()
+    it("info() has LuaSec's fields; Finished and keying material agree across the streams", function()
+      local cs, ss = track(stream_pair())
+      local i = cs:info()
+      for _, k in ipairs({ "protocol", "cipher", "key", "authentication", "encryption", "mac" }) do
+        assert.is_string(i[k], k)
+      end
+      assert.is_number(i.bits)
+      assert.is_number(i.algbits)
+      assert.is_false(i.export)
+      assert.equal(cs:getfinished(), ss:getpeerfinished())
+      assert.equal(ss:getfinished(), cs:getpeerfinished())
+      assert.equal(cs:exportkeyingmaterial("EXPORTER-x", 20, "c"), ss:exportkeyingmaterial("EXPORTER-x", 20, "c"))
+      cs:close()
+      assert.is_nil(cs:getfinished())
+      assert.same({ nil, "closed" }, { cs:exportkeyingmaterial("EXPORTER-x", 20) })
+    end)
+
+    it("setdane/settlsa: a DANE-EE record authenticates a server no trusted CA issued", function()
+      local key_der = helper.run("openssl pkey -in " .. helper.sh_quote(helper.pki("server.key")) ..
+                                 " -pubout -outform DER | openssl dgst -sha256 -binary | od -An -v -tx1")
+      local digest = (key_der:gsub("%s", ""):gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+      local function try(data, name)
+        local c, s = tcp_pair()
+        local cctx = helper.client_ctx({ ca_file = helper.pki("other-ca.pem") })
+        local cs = track(sslsocket.wrap(c, cctx))     -- no hostname: setdane gives one
+        local ss = track(sslsocket.wrap(s, helper.server_ctx()))
+        assert.is_true(cs:setdane(name or "localhost"))
+        assert.is_true(cs:settlsa(3, 1, 1, data))
+        return pump(cs, ss), cs, ss
+      end
+      local ce, cs, ss = try(digest)
+      assert.is_nil(ce)
+      assert.equal(3, (cs:connection():dane_tlsa()))
+      assert.equal("localhost", ss:getsniname())
+      ce = try(("\0"):rep(32))
+      assert.equal("verify", ce[2])
+      -- sni() after setdane keeps DANE (the connection is made again with it)
+      local c, s = tcp_pair()
+      local cs2 = track(sslsocket.wrap(c, helper.client_ctx({ ca_file = helper.pki("other-ca.pem") })))
+      local ss2 = track(sslsocket.wrap(s, helper.server_ctx()))
+      assert.is_true(cs2:setdane("localhost"))
+      assert.is_true(cs2:settlsa(3, 1, 1, digest))
+      assert.is_true(cs2:sni("good.example"))
+      assert.is_nil(pump(cs2, ss2))
+      assert.equal("good.example", ss2:getsniname())
+      assert.equal(3, (cs2:connection():dane_tlsa()))
+      assert.truthy(helper.raises(cs2.setdane, cs2, "x"):find("already", 1, true))
+      assert.truthy(helper.raises(ss2.setdane, ss2, "x"):find("client streams", 1, true))
+    end)
+
+    it("wrap takes a copas-wrapped socket as its socket; tostring starts with SSL", function()
+      local c, s = tcp_pair()
+      local fake_copas = setmetatable({ socket = c }, { __tostring = function(self)
+        return tostring(self.socket) .. " (copas wrapped)"
+      end })
+      local cs = track(sslsocket.wrap(fake_copas, helper.client_ctx(), { hostname = "localhost" }))
+      local ss = track(sslsocket.wrap(s, helper.server_ctx()))
+      assert.is_nil(pump(cs, ss))
+      assert.equal(c:getfd(), cs:getfd())
+      assert.equal("SSL", tostring(cs):sub(1, 3))
+      -- any other table is not a socket
+      assert.truthy(helper.raises(sslsocket.wrap, { socket = c }, helper.client_ctx(),
+                                  { hostname = "localhost" }))
     end)
   end)
 

@@ -332,6 +332,7 @@ int luaopen_sslctx_core(lua_State *L) {
   sx_session_open(L);
   sx_context_open(L);
   sx_connection_open(L);
+  sx_conninfo_open(L);      /* more connection methods, into its class */
   luaL_newlib(L, funcs);
   sx_verify_open(L);        /* adds c_callbacks, and the store class */
   lua_pushlightuserdata(L, (void *)sx_RETRY);

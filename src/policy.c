@@ -130,6 +130,7 @@ static void sx_policy_identity(const sx_policy *p, int side, X509_VERIFY_PARAM *
   mix_int(&d, "has_time", p->has_time);
   sx_digest_update(&d, p->ip, strlen(p->ip) + 1);
   sx_digest_update(&d, p->peer, 32);
+  sx_digest_update(&d, p->dane, 32);
   mix_int(&d, "flags", (long long)X509_VERIFY_PARAM_get_flags(param));
   mix_int(&d, "depth", X509_VERIFY_PARAM_get_depth(param));
   mix_int(&d, "hostflags", X509_VERIFY_PARAM_get_hostflags(param));
@@ -281,6 +282,11 @@ void sx_conn_client_start(sx_conn *conn) {
   ERR_clear_error();
   SSL_SESSION_free(conn->offer);
   conn->offer = NULL;
+}
+
+void sx_conn_mix_dane(lua_State *L, sx_conn *conn, const char *what, const void *p, size_t n) {
+  sx_policy_mix(conn->policy.dane, what, p, n);
+  sx_conn_policy_changed(L, conn);
 }
 
 /* conn:set_policy(name) / conn:set_session_id_context(raw): the application names the

@@ -53,6 +53,7 @@ typedef struct sx_policy {
   int64_t time;
   char ip[48];                     /* as given; "" for none */
   unsigned char peer[32];          /* client: digest of the name it sends/checks; 0s: none */
+  unsigned char dane[32];          /* running digest of set_dane and add_tlsa; 0s: none */
   unsigned char trust[32];         /* identity of the trust store in use (trust.c) */
 } sx_policy;
 
@@ -280,6 +281,8 @@ void sx_conn_policy_changed(lua_State *L, sx_conn *conn);
 void sx_conn_client_start(sx_conn *conn);
 void sx_conn_name_policy(sx_conn *conn, const unsigned char *sid, size_t len);
 void sx_conn_set_peer(sx_ctx *c, sx_conn *conn, const char *host, size_t len, int checked);
+/* DANE settings (set_dane, add_tlsa) are part of the policy (conninfo.c). */
+void sx_conn_mix_dane(lua_State *L, sx_conn *conn, const char *what, const void *p, size_t n);
 
 
 /* ---- tickets.c / sessstore.c -------------------------------------------- */
@@ -322,6 +325,7 @@ void sx_trust_digest_objects(X509_STORE *store, unsigned char id[32]);
 void sx_trust_pin_client_ca(lua_State *L, SSL_CTX *ctx);
 
 void sx_connection_open(lua_State *L);
+void sx_conninfo_open(lua_State *L);   /* conninfo.c: after sx_connection_open */
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */
 BIO *sx_outbox_new(void);      /* bio.c: the memory transport's write side */
 const char *sx_outbox_peek(BIO *b, size_t *n);

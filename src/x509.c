@@ -393,6 +393,29 @@ static int x509_version(lua_State *L) {
   return 1;
 }
 
+/* x509:signature_name() -> the signature algorithm's name, as `openssl x509 -text` prints
+ * it ("sha256WithRSAEncryption", "ecdsa-with-SHA256", "ED25519"); the OID in dotted form
+ * when OpenSSL has no name for it. */
+static int x509_signature_name(lua_State *L) {
+  X509 *x = sx_x509_check(L, 1);
+  const X509_ALGOR *alg = NULL;
+  const ASN1_OBJECT *obj = NULL;
+  int nid = X509_get_signature_nid(x);
+  char buf[128];
+  if (nid != NID_undef && OBJ_nid2ln(nid) != NULL) {
+    lua_pushstring(L, OBJ_nid2ln(nid));
+    return 1;
+  }
+  X509_get0_signature(NULL, &alg, x);
+  if (alg != NULL) X509_ALGOR_get0(&obj, NULL, NULL, alg);
+  if (obj == NULL || OBJ_obj2txt(buf, (int)sizeof buf, obj, 1) <= 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 static void push_hex_lower(lua_State *L, const unsigned char *p, unsigned int n) {
   static const char hex[] = "0123456789abcdef";
   char out[2 * EVP_MAX_MD_SIZE];
@@ -838,6 +861,7 @@ void sx_x509_open(lua_State *L) {
     {"not_after", x509_not_after},
     {"version", x509_version},
     {"fingerprint", x509_fingerprint},
+    {"signature_name", x509_signature_name},
     {"pem", x509_pem},
     {"der", x509_der},
     {"subject_alt_names", x509_subject_alt_names},

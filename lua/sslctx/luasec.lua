@@ -17,8 +17,9 @@
 --   * Extra params: hostname (client), verify_callback (a sslctx verify callback, see
 --     doc/callbacks.md).
 --   * A stream cut without close_notify is reported as "eof: ...", not as "closed".
---   * Not supported: dane, psk, server-side conn:sni(map), setfd, getfinished, ...: the
---     params return nil, message; the methods do not exist.
+--   * TLS 1.0 and 1.1 are refused (protocol = "tlsv1"/"tlsv1_1": nil, message).
+--   * Whatever the facade cannot honour is refused, never dropped: psk, the OpenSSL
+--     options sslctx does not offer (nil, message from newcontext).
 --
 -- Built on sslctx.socket (LuaSocket streams); see that module for the stream underneath.
 
@@ -71,10 +72,13 @@ local PROTOCOLS = {
   tlsv1_3 = { min = "tls1.3", max = "tls1.3" },
 }
 
--- LuaSec option names that have no meaning for sslctx (DTLS, masks, OpenSSL-internal bug
--- workarounds): accepted and ignored, as OpenSSL 3 ignores most of them too.
+-- LuaSec option names that sslctx honours by what it is: it never speaks DTLS, SSL 3, TLS
+-- 1.0 or 1.1, so the options turning those off hold already.
 local IGNORED_OPTIONS = {
   no_ssl_mask = true, no_dtls_mask = true, no_dtlsv1 = true, no_dtlsv1_2 = true,
+}
+-- LuaSec option names for OpenSSL behaviours sslctx does not offer: refused.
+local UNSUPPORTED_OPTIONS = {
   cryptopro_tlsext_bug = true, cisco_anyconnect = true, allow_no_dhe_kex = true,
   disable_tlsext_ca_names = true,
 }
@@ -99,19 +103,44 @@ local function parse_verify(v, side)
   return kw
 end
 
--- verifyext words: lsec_continue (record verification errors, go on), crl_check,
--- crl_check_chain; lsec_ignore_purpose is accepted and ignored.
+-- verifyext words: lsec_continue (record verification errors, go on), lsec_ignore_purpose
+-- (a certificate's unsuitable purpose is recorded but not fatal), crl_check,
+-- crl_check_chain.
 local function parse_verifyext(v)
   local r = { flags = {} }
   for _, w in ipairs(as_list(v)) do
     if w == "lsec_continue" then r.continue = true
+    elseif w == "lsec_ignore_purpose" then r.ignore_purpose = true
     elseif w == "crl_check" then r.flags[#r.flags + 1] = "crl_check"
     elseif w == "crl_check_chain" then r.flags[#r.flags + 1] = "crl_check_all"
-    elseif w ~= "lsec_ignore_purpose" then
+    else
       return nil, "invalid verifyext option (" .. tostring(w) .. ")"
     end
   end
   return r
+end
+
+local X509_V_ERR_INVALID_PURPOSE = 26
+
+-- LuaSec's lsec_ignore_purpose as an sslctx verify callback: the purpose error passes (the
+-- client's getpeerverification still reports it), anything else goes to the caller's
+-- callback or keeps OpenSSL's verdict.
+local function ignore_purpose(user)
+  return function(ok, store)
+    if not ok and store:error() == X509_V_ERR_INVALID_PURPOSE then return true end
+    if user then return user(ok, store) end
+    return nil
+  end
+end
+
+-- params.dane: true, or LuaSec's list of flags ("no_ee_namechecks").
+local function parse_dane(v)
+  if v == true then return {} end
+  if type(v) ~= "table" then return nil, "invalid DANE parameter" end
+  for _, f in ipairs(v) do
+    if f ~= "no_ee_namechecks" then return nil, "invalid DANE flag (" .. tostring(f) .. ")" end
+  end
+  return v
 end
 
 -- A server's ALPN choice from LuaSec's callback result (a name or a list, in preference
@@ -137,11 +166,14 @@ function M.newcontext(cfg)
   if side ~= "client" and side ~= "server" then
     return nil, "invalid mode (" .. tostring(side) .. ")"
   end
-  for _, k in ipairs({ "dane", "psk" }) do
-    if cfg[k] then return nil, "params." .. k .. " is not supported by sslctx.luasec" end
-  end
+  if cfg.psk then return nil, "params.psk is not supported by sslctx.luasec" end
   local o = { side = side }
   local meta = { side = side, verify_explicit = cfg.verify ~= nil }
+  if cfg.dane then
+    local flags, msg = parse_dane(cfg.dane)
+    if not flags then return nil, msg end
+    meta.dane = flags
+  end
 
   local proto = PROTOCOLS[cfg.protocol or "any"]
   if not proto then
@@ -184,11 +216,20 @@ function M.newcontext(cfg)
     end
   end
   if cfg.verify_callback ~= nil then o.verify_callback = cfg.verify_callback end
+  if ext and ext.ignore_purpose then
+    if o.verify_callback ~= nil and type(o.verify_callback) ~= "function" then
+      return nil, "verifyext lsec_ignore_purpose needs a Lua verify_callback (or none)"
+    end
+    o.verify_callback = ignore_purpose(o.verify_callback)
+  end
   if cfg.depth ~= nil then o.verify_depth = cfg.depth end
 
   if cfg.options ~= nil then
     local list = {}
     for _, name in ipairs(as_list(cfg.options)) do
+      if UNSUPPORTED_OPTIONS[name] then
+        return nil, "option " .. name .. " is not supported by sslctx.luasec"
+      end
       if not IGNORED_OPTIONS[name] then list[#list + 1] = name end
     end
     o.options = list
@@ -363,6 +404,7 @@ function Cert:issued(ca)
   return self.x:issued_by(x)
 end
 function Cert:checkhost(name) return self.x:check_host(name) end
+function Cert:getsignaturename() return self.x:signature_name() end
 function Cert:setencode() return true end
 -- Only the subjectAltName extension, in LuaSec's layout.
 function Cert:extensions()
@@ -473,13 +515,21 @@ function Conn:settimeout(t, mode)
   return 1
 end
 
---- sni(name): the server name to send, and (unlike LuaSec) to verify.  Client only.
-function Conn:sni(name)
-  if type(name) == "table" then
-    error("sslctx.luasec: server-side sni(map) is not supported; use " ..
-          "ctx:set_servername_callback (see doc/migrating-from-luasec.md)", 2)
+--- sni(name): the server name to send, and (unlike LuaSec) to verify (client).
+--- sni(map [, strict]): {[name] = context} chosen by the name the client sends; strict
+-- fails the handshake for a name not in the map (server).
+function Conn:sni(name, strict)
+  if self.meta.side == "server" then
+    if type(name) ~= "table" then
+      error("bad argument #1 to 'sni' (table of server names to contexts expected)", 2)
+    end
+    local s, msg = self:_stream()
+    if not s then return nil, msg end
+    local ok, err = pcall(s.sni, s, name, strict)
+    if not ok then error((tostring(err):gsub("^[^:]+:%d+: ", "")), 2) end
+    return true
   end
-  if self.meta.side ~= "client" then error("sni(name) is for client connections", 2) end
+  if type(name) == "table" then error("sni(map) is for server connections", 2) end
   if type(name) ~= "string" or name == "" then
     error("bad argument #1 to 'sni' (non-empty string expected)", 2)
   end
@@ -531,19 +581,62 @@ function Conn:getpeerverification()
   local ok, errs = self.stream:getpeerverification()
   if ok then return true end
   if self.meta.continue then return false, errs end
-  local _, str = self.stream:connection():verify_result()
+  local code, str = self.stream:connection():verify_result()
+  if code == 0 and type(errs) == "table" then
+    -- an error a callback let pass (lsec_ignore_purpose): the deepest-first one recorded
+    local depths = {}
+    for d in pairs(errs) do depths[#depths + 1] = d end
+    table.sort(depths)
+    local first = errs[depths[1]]
+    if first and first[1] then str = first[1] end
+  end
   return false, str
 end
 
---- info([field]) -> {cipher, protocol} or one of them (LuaSec's bits, key, mac, ... are not
--- available)
+local INFO_FIELDS = { "cipher", "protocol", "bits", "algbits", "key", "authentication",
+                      "encryption", "mac", "export" }
+
+--- info([field]) -> LuaSec's {cipher, protocol, bits, algbits, key, authentication,
+-- encryption, mac, export} or one of them (compression: OpenSSL 3 has none, nil as LuaSec)
 function Conn:info(field)
   local s = self.stream
   local i = s and s:info()
   if not i then return nil end
-  local t = { cipher = i.cipher, protocol = i.protocol }
+  local t = {}
+  for _, k in ipairs(INFO_FIELDS) do t[k] = i[k] end
   if field ~= nil then return t[field] end
   return t
+end
+
+--- exportkeyingmaterial(label, n [, context]) -> string | nil, message
+function Conn:exportkeyingmaterial(label, n, context)
+  if not self.stream then return nil, "closed" end
+  local v, msg = self.stream:exportkeyingmaterial(label, n, context)
+  return v, msg
+end
+
+function Conn:getfinished() return self.stream and self.stream:getfinished() or nil end
+function Conn:getpeerfinished() return self.stream and self.stream:getpeerfinished() or nil end
+
+--- setdane(basedomain) -> true | false, message: DANE for this client connection, with
+-- params.dane's flags; basedomain is also the name checked when sni() named none.
+function Conn:setdane(base)
+  if self.meta.side ~= "client" then return false, "DANE is for client connections" end
+  if not self.name and not self.stream then self.name = base end
+  local s, msg = self:_stream()
+  if not s then return false, msg end
+  local ok, err = s:setdane(base, self.meta.dane and #self.meta.dane > 0 and self.meta.dane or nil)
+  if not ok then return false, err end
+  return true
+end
+
+--- settlsa(usage, selector, mtype, data) -> true | false, message
+function Conn:settlsa(usage, selector, mtype, data)
+  local s = self.stream
+  if not s or not s.dane then return false, "DANE is not enabled: call setdane first" end
+  local ok, err = s:settlsa(usage, selector, mtype, data)
+  if not ok then return false, err end
+  return true
 end
 
 function Conn:getalpn() return self.stream and self.stream:getalpn() or nil end
@@ -604,7 +697,7 @@ end
 M.config = {
   protocols = { tlsv1_2 = true, tlsv1_3 = true },
   algorithms = { ec = true },
-  capabilities = { alpn = true, curves_list = true },
+  capabilities = { alpn = true, curves_list = true, dane = { no_ee_namechecks = true } },
 }
 
 M.Conn = Conn

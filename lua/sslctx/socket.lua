@@ -13,7 +13,8 @@
 --   local ok, msg, kind = s:dohandshake()
 --
 -- A stream is what LuaSec's `ssl.wrap` returns, for LuaSocket (and copas) programs:
---   dohandshake()                  true | nil, message, kind
+--   dohandshake()                  true | nil, message, kind (under a timeout: nil,
+--                                  "wantread" | "wantwrite", "timeout", as LuaSec says it)
 --   send(data [, i [, j]])         last index sent | nil, err, last index sent, kind
 --   receive([pattern [, prefix]])  data | nil, err, partial, kind
 --                                  (patterns "*l"/"l", "*a"/"a", a byte count; the count
@@ -22,26 +23,34 @@
 --                                  (the whole call); nil or negative blocks
 --   close(), getfd(), dirty(), want()
 --   getpeercertificate([n]), getpeerchain(), getpeerverification(), info([field]),
---   getalpn(), getsniname(), sni(name) (client, before the handshake)
+--   getalpn(), getsniname(), sni(name) (client, before the handshake),
+--   sni(map [, strict]) (server, before the handshake: {[name] = context})
+--   exportkeyingmaterial(label, n [, context]), getfinished(), getpeerfinished(),
+--   setdane(basedomain [, flags]), settlsa(usage, selector, mtype, data) (client, before
+--   the handshake)
 --   session(), session_reused(), connection() (the underlying sslctx connection)
 --   getpeername(), getsockname(), setoption(...), getoption(...), getstats(), setstats(...)
 --
--- Errors: err is LuaSocket's "timeout" when the deadline passed and "closed" when the peer
--- closed the TLS stream cleanly (close_notify); anything else is the core's message (a
--- truncated stream, an "eof: ..." message, or a broken pipe, is never reported as "closed").
--- The handshake as a whole is bounded by opts.handshake_timeout (seconds, default
--- M.HANDSHAKE_TIMEOUT; false: none), counted from its first step, on both sides: past it
--- the handshake fails for good with a "timeout: ..." message (kind "timeout"), which an
--- event loop does not mistake for a would-block "timeout".  The extra last
--- value is the core's kind (API.md's table, plus "timeout").  The handshake runs implicitly
--- in the first send/receive when dohandshake was not called.
+-- Errors: err is LuaSocket's "timeout" when the deadline passed ("wantread" from send and
+-- "wantwrite" from receive when the wait was the other way, a TLS record in the way) and
+-- "closed" when the peer closed the TLS stream cleanly (close_notify); anything else is the
+-- core's message (a truncated stream, an "eof: ..." message, or a broken pipe, is never
+-- reported as "closed").  The handshake as a whole is bounded by opts.handshake_timeout
+-- (seconds, default M.HANDSHAKE_TIMEOUT; false: none), counted from its first step, on both
+-- sides: past it the handshake fails for good with a "timeout: ..." message (kind
+-- "timeout"), which an event loop does not mistake for a would-block "timeout".  The extra
+-- last value is the core's kind (doc/reference.md's table, plus "timeout").  The handshake
+-- runs implicitly in the first send/receive when dohandshake was not called.
 --
--- copas: socket.select (and so copas) sees a stream through getfd() and dirty() (true while
--- decrypted data is buffered, so select reports it readable at once).  Use
+-- copas 4: a stream prints as "SSL ..." (copas tells TCP from UDP, and plain from TLS, by
+-- the first three characters of tostring), and socket.select (and so copas) sees it
+-- through getfd() and dirty() (true while decrypted data is buffered, so select reports it
+-- readable at once).  Use
 --   local s = copas.wrap(sslsocket.wrap(tcp, ctx, opts))
--- and call s:send/s:receive (they run the handshake); copas' own dohandshake/ssl params
--- path requires LuaSec and is not used.  Under settimeout(0) every would-block is
--- nil, "timeout", partial, which is what copas waits on; want() says "read" or "write".
+-- in a copas thread or in an addserver handler (whose copas-wrapped socket wrap() takes as
+-- it is), then s:send/s:receive (they run the handshake), or s:dohandshake() where
+-- require "ssl" works (copas loads it first).  Under settimeout(0) every would-block
+-- returns at once with what copas waits on.
 --
 -- Client session reuse: connect() keeps, per context, the last resumable session for each
 -- host:port (and hostname), taken after the handshake (TLS 1.2) or after reads and at close
@@ -145,20 +154,34 @@ end
 -- ---------------------------------------------------------------------------
 -- construction
 
+-- A socket that copas wrapped (copas.wrap, the argument of an addserver handler) is a
+-- table whose `socket` field is the LuaSocket object: the stream runs over that one (copas
+-- itself unwraps it this way when it hands a socket to ssl.wrap).
+local function unwrap_copas(sock)
+  if type(sock) == "table" and getmetatable(sock) ~= Stream then
+    local inner = rawget(sock, "socket")
+    if type(inner) == "userdata" and tostring(sock):find("(copas wrapped)", 1, true) then
+      return inner
+    end
+  end
+  return sock
+end
+
 local ADAPTER_KEYS = { ctx = true, timeout = true, reuse_session = true, handshake_timeout = true }
 
--- A verify callback that only records OpenSSL's errors by depth (LuaSec's
--- getpeerverification shape) and keeps every verdict.  Client side only.  One function per
--- context, so that every connection of a context has the same verification policy and
--- resumes the others' sessions (a callback is part of the policy's identity).
-local recorders = setmetatable({}, { __mode = "k" })   -- ctx -> recorder
+-- A verify callback that records OpenSSL's errors by depth (LuaSec's getpeerverification
+-- shape), then gives the verdict the context's Lua callback gives (none: OpenSSL's).
+-- Client side only.  One recorder per context and callback, so that every connection of a
+-- context has the same verification policy and resumes the others' sessions (a callback is
+-- part of the policy's identity).  A native callback is left alone (nothing is recorded).
+local recorders = setmetatable({}, { __mode = "k" })   -- ctx -> { cb = callback, fn = recorder }
 local recorded = setmetatable({}, { __mode = "k" })    -- conn -> errors by depth
 
-local function recorder_for(ctx)
-  local fn = recorders[ctx]
-  if not fn then
-    fn = function(pre, store)
-      if pre then return nil end
+local function recorder_for(ctx, cb)
+  local r = recorders[ctx]
+  if r and r.cb == cb then return r.fn end
+  local fn = function(pre, store)
+    if not pre then
       local errs = recorded[store:connection()]
       if errs then
         local d = store:depth() + 1
@@ -166,10 +189,11 @@ local function recorder_for(ctx)
         if not list then list = {}; errs[d] = list end
         list[#list + 1] = store:error_string()
       end
-      return nil
     end
-    recorders[ctx] = fn
+    if cb then return cb(pre, store) end
+    return nil
   end
+  recorders[ctx] = { cb = cb, fn = fn }
   return fn
 end
 
@@ -177,11 +201,11 @@ local function install_recorder(self)
   local conn = self.conn
   if self.side ~= "client" then return end
   local ok, _, int, _, cb = pcall(conn.get_verification_mode, conn, "client")
-  if not ok or cb ~= nil then return end
+  if not ok or (cb ~= nil and type(cb) ~= "function") then return end
   local errs = {}
   self.verify_errors = errs
   recorded[conn] = errs
-  pcall(conn.set_verification_mode, conn, "client", int, recorder_for(self.ctx))
+  pcall(conn.set_verification_mode, conn, "client", int, recorder_for(self.ctx, cb))
 end
 
 -- ctx:new_connection(o); its argument errors are told as errors of the caller's argument
@@ -206,6 +230,19 @@ function Stream:_create_conn(fname, argn, level)
   self.conn = new_connection(self.ctx, o, fname, argn, (level or 1) + 1)
   self.side = self.conn:side()
   install_recorder(self)
+  local dane = self.dane
+  if dane then
+    local conn = self.conn
+    local ok, msg, kind = conn:set_dane(dane.base, dane.flags)
+    if not ok then
+      self.hs_error = { msg, kind }
+    else
+      for _, r in ipairs(dane.tlsa) do
+        ok, msg, kind = conn:add_tlsa(r[1], r[2], r[3], r[4])
+        if not ok then self.hs_error = { msg, kind }; break end
+      end
+    end
+  end
   return self.conn
 end
 
@@ -230,10 +267,11 @@ end
 -- `level` (1: the caller of wrap or connect).
 local function wrap(sock, ctx, opts, fname, level)
   level = level + 1
+  if getmetatable(sock) == Stream then argerror(1, fname, "already an sslctx.socket stream", level) end
+  sock = unwrap_copas(sock)
   if type(sock) ~= "userdata" and type(sock) ~= "table" then
     argerror(1, fname, "LuaSocket TCP object expected, got " .. type(sock), level)
   end
-  if getmetatable(sock) == Stream then argerror(1, fname, "already an sslctx.socket stream", level) end
   if type(ctx) == "table" and not is_context(ctx) then
     local msg, kind
     ctx, msg, kind = sslctx.new(ctx)
@@ -343,11 +381,50 @@ function M.connect(host, port, opts)
   s.cache, s.cache_key = cache, key
   ok, msg, kind = s:dohandshake()
   if not ok then
+    -- a blocking call's would-block is LuaSocket's word; the deadline's message stays
+    if kind == "timeout" and (msg == "wantread" or msg == "wantwrite") then msg = "timeout" end
     if cache then cache[key] = nil end
     s:close()
     return nil, msg, kind
   end
   return s
+end
+
+-- ---------------------------------------------------------------------------
+-- server-side SNI maps (sni(map [, strict]))
+--
+-- A context's servername callback receives the name only; the stream whose handshake step
+-- is running is the one whose map applies.  Handshake steps never yield, so one variable
+-- says which stream drives (nil outside the streams' handshakes: the callback then keeps
+-- the current context).
+
+local driving = nil
+
+local function sni_dispatch(name)
+  local self = driving
+  local map = self and self.sni_map
+  if not map then return nil end
+  self.sni_ran = true
+  if name ~= nil then
+    local ctx = map[name] or map[name:lower()]
+    if ctx then return ctx end
+  end
+  if self.sni_strict then
+    error(("no certificate for the server name %s (strict SNI)"):format(
+      name and ("'" .. name .. "'") or "(none sent)"), 0)
+  end
+  return nil
+end
+
+-- One handshake step with `driving` set to this stream, restored whatever happens.
+local function drive_handshake(self, conn)
+  if not self.sni_map then return conn:handshake() end
+  local prev = driving
+  driving = self
+  local ok, a, b, c = pcall(conn.handshake, conn)
+  driving = prev
+  if not ok then error(a, 0) end
+  return a, b, c
 end
 
 -- ---------------------------------------------------------------------------
@@ -369,7 +446,12 @@ function Stream:_handshake(start)
   if self.hs_limit and not self.hs_deadline then self.hs_deadline = start + self.hs_limit end
   while true do
     if self.hs_deadline and gettime() >= self.hs_deadline then return self:_handshake_expired() end
-    local ok, msg, kind = conn:handshake()
+    local ok, msg, kind = drive_handshake(self, conn)
+    if ok and self.sni_map and not self.sni_ran then
+      -- the map was never consulted: the context's callback was replaced after sni(map)
+      ok, msg, kind = nil, "sni(map): the context's servername callback was replaced; " ..
+                           "the map was not applied", "callback"
+    end
     if ok then
       self.handshaken = true
       self.wants = "nothing"
@@ -393,10 +475,22 @@ function Stream:_handshake(start)
   end
 end
 
+-- The would-block message of a call that waits the other way than its name says (a
+-- receive that must write, a send that must read, any handshake step): LuaSec's
+-- "wantread"/"wantwrite", which copas waits on in the right direction.
+local function want_message(self, natural)
+  local w = self.wants
+  if w == "read" and natural ~= "read" then return "wantread" end
+  if w == "write" and natural ~= "write" then return "wantwrite" end
+  return "timeout"
+end
+
 --- dohandshake() -> true | nil, message, kind ("timeout" when the deadline passed; then
 -- want() tells which way the handshake waits).
 function Stream:dohandshake()
-  return self:_handshake(gettime())
+  local ok, msg, kind = self:_handshake(gettime())
+  if not ok and kind == "timeout" and msg == "timeout" then msg = want_message(self, nil) end
+  return ok, msg, kind
 end
 
 -- ---------------------------------------------------------------------------
@@ -468,7 +562,10 @@ function Stream:receive(pattern, prefix)
   local start = gettime()
   if not self.handshaken then
     local ok, msg, kind = self:_handshake(start)
-    if not ok then return nil, msg, prefix, kind end
+    if not ok then
+      if kind == "timeout" and msg == "timeout" then msg = want_message(self, "read") end
+      return nil, msg, prefix, kind
+    end
   end
   local parts = { prefix }
   local ok, err, kind
@@ -508,6 +605,7 @@ function Stream:receive(pattern, prefix)
     end
   end
   if ok then return concat(parts) end
+  if kind == "timeout" and err == "timeout" then err = want_message(self, "read") end
   return nil, err, concat(parts), kind
 end
 
@@ -533,7 +631,10 @@ function Stream:send(data, i, j)
   local start = gettime()
   if not self.handshaken then
     local ok, msg, kind = self:_handshake(start)
-    if not ok then return nil, msg, i - 1, kind end
+    if not ok then
+      if kind == "timeout" and msg == "timeout" then msg = want_message(self, "write") end
+      return nil, msg, i - 1, kind
+    end
   end
   local conn = self.conn
   local pos = i
@@ -553,7 +654,7 @@ function Stream:send(data, i, j)
       local w, werr = wait(self, kind == "want_read" and "r" or "w", start)
       if not w then
         if werr then return nil, werr, pos - 1, "syscall" end
-        return nil, "timeout", pos - 1, "timeout"
+        return nil, want_message(self, "write"), pos - 1, "timeout"
       end
     else
       -- "closed" only after the peer's close_notify; a reset or broken pipe is the core's
@@ -672,13 +773,40 @@ function Stream:getpeerverification()
   return false, errs, verified
 end
 
+-- Server: sni({[name] = context, ...} [, strict]) chooses the context by the name the client
+-- sends (exact, then lowercased); strict fails the handshake for an unknown or absent name.
+-- The stream's context gets a servername callback (replacing one set with
+-- ctx:set_servername_callback) that applies each stream's own map.
+local function sni_server(self, map, strict)
+  if type(map) ~= "table" then argerror(1, "sni", "table of server names to contexts expected") end
+  local copy_ = {}
+  for k, v in pairs(map) do
+    if type(k) ~= "string" or k == "" then
+      argerror(1, "sni", "server names must be non-empty strings, got " .. type(k))
+    end
+    if not is_context(v) then
+      argerror(1, "sni", "map['" .. k .. "']: sslctx context expected, got " .. type(v))
+    end
+    local ok, side = pcall(v.side, v)
+    if not ok or side == "client" then
+      argerror(1, "sni", "map['" .. k .. "']: a server context expected")
+    end
+    copy_[k] = v
+  end
+  if self.started then error("sni: the handshake has already started", 3) end
+  self.sni_map, self.sni_strict = copy_, strict and true or false
+  -- (again each time: a callback set in between must not make the map silently unused)
+  local ctx = self.conn and self.conn:context() or self.ctx
+  ctx:set_servername_callback(sni_dispatch)
+  return true
+end
+
 --- sni(name): the server name to send and check (client, before the handshake starts).
-function Stream:sni(name)
+--- sni(map [, strict]): the contexts to serve by name (server, before the handshake).
+function Stream:sni(name, strict)
+  if self.side == "server" then return sni_server(self, name, strict) end
   if type(name) ~= "string" or name == "" then
     argerror(1, "sni", "non-empty string expected")
-  end
-  if self.side ~= "client" then
-    argerror(1, "sni", "sni on a server stream: use ctx:set_servername_callback")
   end
   if self.started then error("sni: the handshake has already started", 2) end
   self.copts.hostname = name
@@ -705,17 +833,85 @@ Stream.getalpn = forward("alpn", nil)
 Stream.session = forward("session", nil)
 Stream.session_reused = forward("session_reused", false)
 
---- info([field]) -> {protocol, cipher, alpn, servername, session_reused, verify} or one field
+--- info([field]) -> LuaSec's fields {protocol, cipher, bits, algbits, key,
+-- authentication, encryption, mac, export} plus {alpn, servername, session_reused,
+-- verify}, or one field
 function Stream:info(field)
   local conn = live_conn(self)
   if not conn or not self.handshaken then return nil end
   local code = conn:verify_result()
+  local ci = conn:cipher_info() or {}
   local t = {
     protocol = conn:version(), cipher = conn:cipher(), alpn = conn:alpn(),
     servername = conn:servername(), session_reused = conn:session_reused(), verify = code,
+    bits = ci.bits, algbits = ci.algbits, key = ci.kx, authentication = ci.auth,
+    encryption = ci.enc, mac = ci.mac, export = false,   -- OpenSSL 3 has no export ciphers
   }
   if field ~= nil then return t[field] end
   return t
+end
+
+--- exportkeyingmaterial(label, n [, context]) -> string | nil, message (RFC 5705)
+function Stream:exportkeyingmaterial(label, n, context)
+  local conn = live_conn(self)
+  if not conn then return nil, "closed" end
+  return conn:export_keying_material(label, n, context)
+end
+
+--- getfinished(), getpeerfinished() -> the Finished message sent / received | nil
+function Stream:getfinished()
+  local conn = live_conn(self)
+  return conn and conn:finished() or nil
+end
+function Stream:getpeerfinished()
+  local conn = live_conn(self)
+  return conn and conn:peer_finished() or nil
+end
+
+--- setdane(basedomain [, flags]) -> true | nil, message, kind: DANE for this client
+-- connection (RFC 7671): the peer is authenticated by the TLSA records given with settlsa,
+-- and basedomain is the name checked (and sent, unless sni() named one).  Before the
+-- handshake.
+function Stream:setdane(base, flags)
+  if type(base) ~= "string" or base == "" then
+    argerror(1, "setdane", "non-empty string expected")
+  end
+  if flags ~= nil and type(flags) ~= "table" then
+    argerror(2, "setdane", "table of DANE flags expected, got " .. type(flags))
+  end
+  if self.side ~= "client" then argerror(1, "setdane", "DANE is for client streams") end
+  if self.started then error("setdane: the handshake has already started", 2) end
+  if self.dane then error("setdane: DANE is already enabled on this stream", 2) end
+  self.dane = { base = base, flags = flags, tlsa = {} }
+  if self.copts.hostname == nil then self.copts.hostname = base end
+  local conn = self.conn
+  if not conn then
+    self:_create_conn()   -- applies self.dane
+    local e = self.hs_error
+    if not e then return true end
+    self.hs_error, self.dane = nil, nil
+    pcall(self.conn.close, self.conn)   -- close = false: the socket stays open
+    self.conn = nil
+    return nil, e[1], e[2]
+  end
+  local ok, msg, kind = conn:set_dane(base, flags)
+  if not ok then
+    self.dane = nil
+    return nil, msg, kind
+  end
+  return true
+end
+
+--- settlsa(usage, selector, mtype, data) -> true | nil, message, kind: a TLSA record (data
+-- binary), after setdane and before the handshake.
+function Stream:settlsa(usage, selector, mtype, data)
+  if not self.dane then error("settlsa: call setdane first", 2) end
+  if self.started then error("settlsa: the handshake has already started", 2) end
+  local ok, msg, kind = self:_conn():add_tlsa(usage, selector, mtype, data)
+  if not ok then return nil, msg, kind end
+  local list = self.dane.tlsa
+  list[#list + 1] = { usage, selector, mtype, data }
+  return true
 end
 
 -- LuaSocket passthroughs
@@ -728,8 +924,9 @@ for _, name in ipairs({ "getpeername", "getsockname", "setoption", "getoption",
   end
 end
 
+-- "SSL" first, as LuaSec's connections print: copas tells a TLS stream by it.
 Stream.__tostring = function(self)
-  return ("sslctx.socket{%s}: %s"):format(self.side or "?", tostring(self.sock))
+  return ("SSL stream (sslctx.socket{%s}): %s"):format(self.side or "?", tostring(self.sock))
 end
 
 M.Stream = Stream
