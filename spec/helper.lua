@@ -25,6 +25,13 @@
 
 local helper = {}
 
+-- Event-loop libraries are loaded once, before busted insulates the first spec file: an
+-- insulated file unloads what it required, and opening luv again in the same Lua state
+-- while the default loop still holds the first opening's handles and callback references
+-- corrupts them (a crash in uv_listen, callbacks resolved to the wrong registry slots).
+pcall(require, "luv")
+pcall(require, "cqueues")
+
 local unpack = unpack or table.unpack
 helper.unpack = unpack
 

@@ -19,6 +19,7 @@ end
 
 -- Runs the loop until done() is true or `secs` passed; returns done().
 local function run_until(done, secs)
+  uv.update_time()   -- the loop's clock only moves while it runs: it may be minutes old
   local deadline = uv.now() + (secs or 5) * 1000
   local guard = uv.new_timer()
   guard:start(20, 20, function() end)     -- wakes the loop so that the deadline is seen

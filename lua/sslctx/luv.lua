@@ -208,6 +208,7 @@ local function watch_deadline(self, ms)
   end
   q.last = q.last + 1
   q[q.last] = self
+  uv.update_time()   -- wrap may come long after the loop last ran: its clock would be old
   self.deadline = uv.now() + ms
   arm(self.deadline)
 end
