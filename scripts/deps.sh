@@ -8,7 +8,8 @@ set -eu
 # The one list.  luajit2/libluajit2-5.1-dev are OpenResty's LuaJIT (they replace
 # libluajit-5.1-dev); the peers (openssl, gnutls, nginx with its lua module, curl,
 # LuaSec) are what the interop, OpenResty and LuaSec-facade specs run against; clang
-# and valgrind serve the hardening checks, luarocks the rock check.
+# and valgrind serve the hardening checks, luarocks the rock check; sslscan and testssl.sh
+# scan a default server (spec/scan_spec.lua, `make scan`).
 PACKAGES="
     gcc libc6-dev make pkg-config
     libssl-dev openssl ca-certificates
@@ -21,6 +22,7 @@ PACKAGES="
     lua-luv lua-cqueues
     gnutls-bin curl nginx libnginx-mod-http-lua
     clang libclang-rt-14-dev valgrind
+    sslscan testssl.sh
 "
 
 root=$(cd "$(dirname "$0")/.." && pwd)
