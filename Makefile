@@ -6,6 +6,7 @@
 #   LUA=lua5.3 make test the same under one interpreter only
 #   make demo            deps, build, run examples/mtls_demo.lua under lua5.4
 #   make spec SPEC=spec/x_spec.lua [LUA=lua5.4]   one spec file under one interpreter
+#   make scan            sslscan and testssl.sh against a default server (spec/scan_spec.lua)
 #   make clean
 #
 # pkg-config is only called inside recipes, never at parse time: on a fresh
@@ -35,7 +36,7 @@ unexport LUA_PATH_5_2 LUA_PATH_5_3 LUA_PATH_5_4 LUA_CPATH_5_2 LUA_CPATH_5_3 LUA_
 PKI_DIR := $(CURDIR)/build/pki
 export SSLCTX_PKI_DIR := $(PKI_DIR)
 
-.PHONY: all deps test spec demo clean check check-asan check-valgrind check-gc fuzz bench lint rock FORCE
+.PHONY: all deps test spec demo clean check check-asan check-valgrind check-gc fuzz bench lint rock scan FORCE
 
 all:
 	@set -e; luas="$(or $(LUA),$(LUAS))"; built=0; \
@@ -138,6 +139,12 @@ rock: deps
 	@bash scripts/rock.sh
 
 check: lint rock check-asan check-valgrind check-gc fuzz
+
+# TLS scanners against a default server (spec/scan_spec.lua, doc/defaults.md): sslscan and
+# openssl s_client as in `make test`, plus testssl.sh (several minutes).
+scan: deps $(PKI_DIR)/.done
+	@$(MAKE) -s --no-print-directory "build/$(DEMO_LUA)/sslctx/core.so"
+	@SSLCTX_SCAN_TESTSSL=1 LUA_CPATH="build/$(DEMO_LUA)/?.so;;" $(DEMO_LUA) $(BUSTED) spec/scan_spec.lua </dev/null
 
 # Benchmarks against a C reference (bench/RESULTS.md); never part of the tests.
 bench: deps

@@ -8,8 +8,9 @@ set -eu
 # The one list.  luajit2/libluajit2-5.1-dev are OpenResty's LuaJIT (they replace
 # libluajit-5.1-dev); the peers (openssl, gnutls, nginx with its lua module, curl,
 # LuaSec) are what the interop, OpenResty and LuaSec-facade specs run against; coxpcall
-# is copas' (spec/copas_spec.lua); procps gives ps to the nginx spec (a minimal Debian has
-# none); clang and valgrind serve the hardening checks, luarocks the rock check.
+# is copas' (spec/copas_spec.lua); procps gives pgrep to the bench scripts (a minimal Debian has
+# none); clang and valgrind serve the hardening checks, luarocks the rock check; sslscan
+# and testssl.sh scan a default server (spec/scan_spec.lua, `make scan`).
 PACKAGES="
     gcc libc6-dev make pkg-config
     libssl-dev openssl ca-certificates
@@ -22,6 +23,7 @@ PACKAGES="
     lua-luv lua-cqueues
     gnutls-bin curl nginx libnginx-mod-http-lua procps
     clang libclang-rt-14-dev valgrind
+    sslscan testssl.sh
 "
 
 root=$(cd "$(dirname "$0")/.." && pwd)
