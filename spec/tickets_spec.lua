@@ -263,6 +263,16 @@ describe("server defaults", function()
     end
     local c = helper.connected(helper.client_ctx(TLS12), sctx)
     assert.matches("GCM", c:cipher())
+    -- a "both" context: its server connections get the same default, its clients do not
+    local both = helper.new_ctx(helper.merge(TLS12, { side = "both", ca_file = pki("ca.pem"),
+      certificate = pki("server-chain.pem"), key = pki("server.key") }))
+    local cbc = helper.client_ctx(helper.merge(TLS12, { ciphers = "ECDHE-ECDSA-AES128-SHA" }))
+    local _, _, bok = helper.connect(cbc, both, nil, { side = "server" })
+    assert.is_nil(bok, "a 'both' context's server accepted CBC")
+    local bc = both:new_connection { side = "client", hostname = "localhost" }
+    local cbc_server = helper.server_ctx(helper.merge(TLS12, { ciphers = "ECDHE-ECDSA-AES128-SHA" }))
+    local bcok = helper.pump(bc, cbc_server:new_connection())
+    assert.is_true(bcok, "a 'both' context's client lost OpenSSL's list")
     -- an explicit list wins
     local loose = helper.server_ctx(helper.merge(TLS12, { ciphers = "ECDHE-ECDSA-AES128-SHA" }))
     local cctx = helper.client_ctx(helper.merge(TLS12, { ciphers = "ECDHE-ECDSA-AES128-SHA" }))

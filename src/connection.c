@@ -1146,6 +1146,9 @@ int sx_connection_new(lua_State *L) {
    * changes to the context affect later connections only. */
   if (!sx_ctx_lend_trust(c, conn->ssl)) luaL_error(L, "out of memory");
   if (side == SX_SERVER) c->names_lent = 1;   /* pinned when the context changes it */
+  if (side == SX_SERVER && c->side == SX_BOTH && !c->ciphers_explicit &&
+      !SSL_set_cipher_list(conn->ssl, SX_SERVER_CIPHERS))   /* a server's default (context.c) */
+    ERR_clear_error();
   conn->origin = c;   /* ticket keys and the session store: the slot keeps it alive */
   conn->ctx_gen = c->policy_gen;
   if (side == SX_CLIENT) SSL_set_connect_state(conn->ssl);

@@ -557,7 +557,7 @@ static int set_string_setting(lua_State *L, sx_ctx *c, int which, int idx, sx_wh
   if (lua_type(L, idx) != LUA_TSTRING) return sx_where_typeerror(L, w, idx, "string");
   s = lua_tostring(L, idx);
   ERR_clear_error();
-  if (which == STR_CIPHERS) ok = SSL_CTX_set_cipher_list(c->ctx, s);
+  if (which == STR_CIPHERS) ok = SSL_CTX_set_cipher_list(c->ctx, s), c->ciphers_explicit |= ok;
   else if (which == STR_CIPHERSUITES) ok = SSL_CTX_set_ciphersuites(c->ctx, s);
   else ok = SSL_CTX_set1_groups_list(c->ctx, s);
   if (!ok) {
@@ -996,11 +996,13 @@ static sx_ctx *ctx_create(lua_State *L, int side) {
   if (side != SX_CLIENT) {   /* made-here ticket keys that rotate (tickets.c) */
     sx_tickets_init(c->ctx, &c->tickets, SX_TICKET_ROTATION_DEFAULT);
   }
-  if (side == SX_SERVER) {
+  if (side != SX_CLIENT) {
     /* TLS 1.2: forward-secret AEAD suites only (Mozilla's "intermediate" profile), in the
-     * server's order; TLS 1.3 keeps OpenSSL's suites.  Options ciphers/options win. */
-    if (!SSL_CTX_set_cipher_list(c->ctx, SX_SERVER_CIPHERS)) ERR_clear_error();
-    SSL_CTX_set_options(c->ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+     * server's order; TLS 1.3 keeps OpenSSL's suites.  Options ciphers/options win.  A
+     * "both" context keeps OpenSSL's list for its clients: its server connections get this
+     * one (connection.c). */
+    if (side == SX_SERVER && !SSL_CTX_set_cipher_list(c->ctx, SX_SERVER_CIPHERS)) ERR_clear_error();
+    SSL_CTX_set_options(c->ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);   /* no effect on clients */
   }
   return c;
 }

@@ -105,6 +105,7 @@ typedef struct sx_ctx {
   sx_tickets tickets;           /* server: ticket keys (until __gc: connections use them) */
   sx_store_cfg store;           /* server: the session store, if any */
   int has_session_cb;           /* client: set_session_callback gave a function */
+  int ciphers_explicit;         /* ciphers were given: no server default on "both" contexts */
   /* uservalue fields: "cb_client", "cb_server" (as given), "fn_client", "fn_server" (Lua
    * functions), "password", "alpn_select", "servername", "session_cb" */
 } sx_ctx;
