@@ -115,6 +115,14 @@ static void busy_end(lua_State *L, sx_conn *conn) {
   if (--conn->busy == 0 && conn->close_asked) close_now(L, conn, 1, 1);
 }
 
+/* A connection closed by the program never needs the collector: its share of the context's
+ * pending estimate is taken back. */
+static void refund_gc_debt(sx_conn *conn) {
+  if (conn->ssl != NULL && !conn->close_asked && conn->origin != NULL &&
+      conn->origin->gc_debt_kb >= SX_CONN_NATIVE_KB)
+    conn->origin->gc_debt_kb -= SX_CONN_NATIVE_KB;
+}
+
 static int conn_gc(lua_State *L) {
   sx_conn *conn = conn_check_any(L, 1);
   conn->busy = 0;   /* unreachable: none of its methods is running */
@@ -128,6 +136,7 @@ static int conn_gc(lua_State *L) {
 static int conn_close_meta(lua_State *L) {
   sx_conn *conn = conn_check_any(L, 1);
   if (conn->ssl == NULL || conn->borrowed) return 0;   /* a borrowed SSL is its owner's */
+  refund_gc_debt(conn);
   if (conn->busy > 0 || conn->in_callback) conn->close_asked = 1;
   else close_now(L, conn, 1, 1);
   return 0;
@@ -138,6 +147,7 @@ static int conn_close(lua_State *L) {
   if (conn->borrowed && conn->ssl != NULL)
     return luaL_error(L, "close on a borrowed connection: its owner frees it");
   if (conn->in_callback) return luaL_error(L, "close called from inside this connection's own callback");
+  refund_gc_debt(conn);
   if (conn->busy > 0 && conn->ssl != NULL) conn->close_asked = 1;
   else close_now(L, conn, 1, 0);
   return 0;
@@ -1159,7 +1169,12 @@ int sx_connection_new(lua_State *L) {
   take_client_session(L, conn, opts);
   conn->close_transport = close_transport;
   lua_settop(L, obj);
-  sx_gc_native(L, SX_CONN_NATIVE_KB);
+  c->gc_debt_kb += SX_CONN_NATIVE_KB;
+  if (c->gc_debt_kb >= SX_GC_STEP_KB) {
+    int kb = c->gc_debt_kb;
+    c->gc_debt_kb = 0;
+    sx_gc_native(L, kb);
+  }
   return 1;
 }
 

@@ -106,6 +106,7 @@ typedef struct sx_ctx {
   sx_store_cfg store;           /* server: the session store, if any */
   int has_session_cb;           /* client: set_session_callback gave a function */
   int ciphers_explicit;         /* ciphers were given: no server default on "both" contexts */
+  int gc_debt_kb;               /* native estimate of open connections not yet told the GC */
   /* uservalue fields: "cb_client", "cb_server" (as given), "fn_client", "fn_server" (Lua
    * functions), "password", "alpn_select", "servername", "session_cb" */
 } sx_ctx;
@@ -167,6 +168,11 @@ typedef struct sx_conn {
  * OpenSSL: each new one also counts this estimate towards the collector's pacing. */
 #define SX_CONN_NATIVE_KB 32
 #define SX_CTX_NATIVE_KB 64
+/* Connections count towards the pacing only while they are neither closed nor collected:
+ * their estimates add up on their context and go to the collector in steps of this much, and
+ * close() takes a connection's share back (a program that closes what it opens makes the
+ * collector do nothing extra). */
+#define SX_GC_STEP_KB 256
 void sx_gc_native(lua_State *L, int kb);
 
 /* ---- shared helpers (core.c) ------------------------------------------- */
