@@ -227,7 +227,8 @@ if #cg > 0 then
     p(("| %s | %s | %.0f | %.0f | %+.0f (%+.2f%%) | %s | %s |"):format(c.w, cg_unit[c.w] or "handshake",
       c.module, c.c, d, 100 * d / c.c, target, met))
     if c.module_keep then
-      p(("| %s (module, release_buffers = false) | %s | %.0f | %.0f | %+.0f (%+.2f%%); module − this: %+.0f | info | – |"):format(
+      p(("| %s (module, release_buffers = false) | %s | %.0f | %.0f | %+.0f (%+.2f%%); "
+        .. "module − this: %+.0f | info | – |"):format(
         c.w, cg_unit[c.w] or "handshake", c.module_keep, c.c, c.module_keep - c.c,
         100 * (c.module_keep - c.c) / c.c, c.module - c.module_keep))
     end
