@@ -21,7 +21,7 @@
 #   BENCH_IDLE_N         idle connections [1000 | 100]
 #   BENCH_MAX_SECONDS    time bound of one run's loop [15]
 #   BENCH_GC             collector mode of the Lua processes (incremental | generational);
-#                        unset: Lua's default (incremental on 5.4)
+#                        unset: the interpreter's default (lua5.4's lua.c: generational)
 #   BENCH_CALLGRIND      1 = count instructions, 0 = skip [1]
 #   BENCH_CG_LUA=host    run the module side's callgrind runs under bench/luahost.c (the
 #                        same Lua 5.4, statically linked with symbols: readable profiles)
