@@ -23,7 +23,7 @@
 #   BENCH_IDLE_N         idle connections [1000 | 100]
 #   BENCH_MAX_SECONDS    time bound of one run's loop [15]
 #   BENCH_GC             collector mode of the Lua processes (incremental | generational);
-#                        unset: Lua's default (incremental on 5.4)
+#                        unset: the interpreter's default (lua5.4's lua.c: generational)
 #   BENCH_CALLGRIND      1 = count instructions, 0 = skip [1]
 #   BENCH_CG_LUA=host    run the module side's callgrind runs under bench/luahost.c (the
 #                        same Lua 5.4, statically linked with symbols: readable profiles)
@@ -32,6 +32,11 @@
 #   BENCH_CG_N           "SMALL BIG" operations (handshakes, MiB, connections):
 #                        per operation = (Ir(BIG) - Ir(SMALL)) / (BIG - SMALL) ["10 90" | "3 8"]
 #   BENCH_OUT            output directory [build/bench]
+#   BENCH_KEEP_WORKLOADS these workloads also run the module with release_buffers = false
+#                        (impl module_keep, right after the module's run) []
+#   BENCH_CG_KEEP=1      callgrind counts module_keep too [0]
+#   mem_idle also runs LuaSec (loopback TCP pairs; the descriptor limit is raised for it)
+#   and the C reference with SSL_MODE_RELEASE_BUFFERS (impl c_release)
 #   BENCH_NO_BUILD=1     use the existing build/$BENCH_LUA/sslctx/core.so
 #   BENCH_MODULE_SO      measure this core.so instead (a candidate build; no make)
 #   BENCH_LUA_DIR        take the Lua front (sslctx.lua, sslctx/socket.lua) from here [lua]
@@ -137,6 +142,13 @@ for rep in $(seq 1 "$REPS"); do
     if [ "$w" = reconnect ]; then
       one "$rep" "$LUA" bench/run.lua reconnect_luasec "$PKI" "$n" "$MAXS"
     fi
+    case " ${BENCH_KEEP_WORKLOADS:-} " in   # issue 13: what SSL_MODE_RELEASE_BUFFERS costs
+      *" $w "*) BENCH_RELEASE_BUFFERS=0 one "$rep" "$LUA" bench/run.lua "$w" "$PKI" "$n" "$MAXS" ;;
+    esac
+    if [ "$w" = mem_idle ]; then   # LuaSec (2 descriptors per pair), and C with RELEASE_BUFFERS
+      (ulimit -n "$(ulimit -Hn)" 2>/dev/null; one "$rep" "$LUA" bench/run.lua mem_idle_luasec "$PKI" "$n" "$MAXS") || exit 1
+      BENCH_REF_RELEASE_BUFFERS=1 one "$rep" "$OUT/ref" mem_idle "$PKI" "$n" "$MAXS"
+    fi
     one "$rep" "$OUT/ref" "$w" "$PKI" "$n" "$MAXS"
   done
 done
@@ -162,7 +174,7 @@ if [ "${BENCH_CG_LUA:-}" = host ] && [ "$CALLGRIND" = 1 ]; then
 fi
 cg_cmd() {   # workload impl n -> the command line
   case $2 in
-    module) echo "$cg_lua bench/run.lua $1 $PKI $3 1000" ;;
+    module|module_keep) echo "$cg_lua bench/run.lua $1 $PKI $3 1000" ;;
     luasec) echo "$cg_lua bench/run.lua ${1}_luasec $PKI $3 1000" ;;
     c) echo "$OUT/ref $1 $PKI $3 1000" ;;
   esac
@@ -205,12 +217,14 @@ if [ "$CALLGRIND" = 1 ]; then
   for w in $CG_WORKLOADS; do
     impls="module c"
     [ "$w" = reconnect ] && impls="module luasec c"
+    [ "${BENCH_CG_KEEP:-0}" = 1 ] && impls="module module_keep ${impls#module }"
     echo "== callgrind $w ($cg_small and $cg_big operations): $impls" >&2
     jobs_pids=()
     for impl in $impls; do
       for n in $cg_small $cg_big; do
         # shellcheck disable=SC2046
-        cg_run "$cg/$w.$impl.$n" $(cg_cmd "$w" "$impl" "$n") &
+        BENCH_RELEASE_BUFFERS=$([ "$impl" = module_keep ] && echo 0 || echo 1) \
+          cg_run "$cg/$w.$impl.$n" $(cg_cmd "$w" "$impl" "$n") &
         jobs_pids+=($!)
         if [ ${#jobs_pids[@]} -ge 2 ]; then
           for p in "${jobs_pids[@]}"; do wait "$p" || exit 1; done

@@ -7,7 +7,9 @@
 -- run: client and server), which are summed.  Each side's per-operation cost of a function
 -- is (big - small) / (N_BIG - N_SMALL): start-up, context creation and warm-up cancel out.
 -- Prints the TOP functions by |module - reference|, then the totals grouped by object
--- (libcrypto, libssl, libc, the interpreter, sslctx core.so, ...).
+-- (libcrypto, libssl, libc, the interpreter, sslctx core.so, ...).  Paths are reduced to
+-- file names, so that runs of two trees (or two output directories) compare function by
+-- function: give two module runs to see what a change of the module costs.
 
 local top, n_small, n_big = tonumber(arg[1]), tonumber(arg[2]), tonumber(arg[3])
 local files = { arg[4], arg[5], arg[6], arg[7] }
@@ -20,7 +22,10 @@ local function load1(path, t)
     if num then
       local v = tonumber((num:gsub(",", "")))
       if rest:match("PROGRAM TOTALS") then total = v
-      elseif rest:match(":") then t[rest] = (t[rest] or 0) + v end
+      elseif rest:match(":") then
+        rest = rest:gsub("[^%s%[:]*/", "")   -- no directories: two trees' runs line up
+        t[rest] = (t[rest] or 0) + v
+      end
     end
   end
   return total or 0

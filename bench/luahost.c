@@ -2,7 +2,9 @@
  * liblua5.4.a, whose local symbols (luaV_execute, propagatemark, luaH_getstr, ...) make
  * callgrind/perf profiles of the interpreter readable; Debian's /usr/bin/lua5.4 is stripped.
  * bench.sh builds it with BENCH_CG_LUA=host and then runs the module side's callgrind runs
- * under it (the counts stay within a few thousand instructions of lua5.4's). */
+ * under it (the counts stay within a few thousand instructions of lua5.4's).  Like lua.c, it
+ * runs the collector in generational mode (lua5.4 does; luaL_newstate alone is incremental):
+ * BENCH_GC=incremental in run.lua switches both back. */
 #include <stdio.h>
 #include <lua.h>
 #include <lualib.h>
@@ -18,6 +20,7 @@ int main(int argc, char **argv) {
   int i, rc;
   if (argc < 2) { fprintf(stderr, "usage: luahost script [args]\n"); return 2; }
   luaL_openlibs(L);
+  lua_gc(L, LUA_GCGEN, 0, 0);   /* as lua.c: the profiles see lua5.4's collector */
   lua_createtable(L, argc, 1);
   for (i = 0; i < argc; i++) { lua_pushstring(L, argv[i]); lua_rawseti(L, -2, i - 1); }
   lua_setglobal(L, "arg");

@@ -26,6 +26,10 @@
  * What the module does and this does not is the module's cost: Lua objects, option parsing,
  * the per-connection SHA-256 policy digest, Lua strings for every drain/read.
  *
+ * Environment: BENCH_REF_RELEASE_BUFFERS=1 adds SSL_MODE_RELEASE_BUFFERS to every context (the
+ * module's default since issue 13) and names the implementation "c_release"; without it the
+ * modes are the ones above (no RELEASE_BUFFERS: OpenSSL's default).
+ *
  * Workloads: mem_hs, mem_hs_vcb, mem_hs_mtls, mem_hs_resume (N handshakes), mem_bulk
  * (N MiB), mem_idle (N connections kept), sock_hs (N handshakes), sock_bulk (N MiB),
  * reconnect (N resumed connections to a forked server), sock_server (a stand-alone echo
@@ -55,6 +59,8 @@
 #define WAIT_MS 5000
 
 static const char *pki;
+static const char *impl = "c";   /* "c_release" with BENCH_REF_RELEASE_BUFFERS=1 */
+static long extra_modes = 0;
 static double max_seconds;
 static const char echo_msg[ECHO_LEN + 1] = "sslctx bench echo 0123456789abcd";
 
@@ -103,7 +109,8 @@ static SSL_CTX *base_ctx(void) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_method());
   if (ctx == NULL) die("SSL_CTX_new");
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);   /* the module's default, then: */
-  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                            extra_modes);
   SSL_CTX_clear_options(ctx, SSL_OP_ALLOW_CLIENT_RENEGOTIATION);
   SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);   /* min_version = "tls1.3" */
   if (!SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256")) die("ciphersuites");
@@ -249,8 +256,8 @@ static void mem_echo(SSL *c, SSL *s) {
 
 static void print_result(const char *w, long n, double wall, double cpu, double value,
                          const char *unit, const char *extra) {
-  printf("RESULT %s c n=%ld wall=%.6f cpu=%.6f value=%.6f unit=%s%s%s\n", w, n, wall, cpu, value,
-         unit, extra[0] ? " " : "", extra);
+  printf("RESULT %s %s n=%ld wall=%.6f cpu=%.6f value=%.6f unit=%s%s%s\n", w, impl, n, wall, cpu,
+         value, unit, extra[0] ? " " : "", extra);
   fflush(stdout);
 }
 
@@ -658,6 +665,10 @@ int main(int argc, char **argv) {
   max_seconds = atof(argv[4]);
   if (n <= 0 || max_seconds <= 0) die("N and MAX_SECONDS must be positive");
   signal(SIGPIPE, SIG_IGN);
+  if (getenv("BENCH_REF_RELEASE_BUFFERS") != NULL && strcmp(getenv("BENCH_REF_RELEASE_BUFFERS"), "1") == 0) {
+    impl = "c_release";
+    extra_modes = SSL_MODE_RELEASE_BUFFERS;
+  }
   if (!OPENSSL_init_ssl(0, NULL)) die("OPENSSL_init_ssl");
   if (strcmp(w, "mem_hs") == 0) run_mem_hs(w, n, 0, 0);
   else if (strcmp(w, "mem_hs_vcb") == 0) run_mem_hs(w, n, F_VCB, 0);

@@ -23,7 +23,7 @@ for line in io.lines(path) do
   elseif line:match("^CG ") then
     local w, small, big, rest = line:match("^CG (%S+) small=(%d+) big=(%d+) (.*)$")
     local e = { w = w }
-    for impl, a, b in rest:gmatch("(%w+)=(%d+),(%d+)") do
+    for impl, a, b in rest:gmatch("([%w_]+)=(%d+),(%d+)") do
       e[impl] = (tonumber(b) - tonumber(a)) / (tonumber(big) - tonumber(small))
     end
     cg[#cg + 1] = e
@@ -145,6 +145,65 @@ for _, w in ipairs(order) do
   end
 end
 
+-- Issue 13's variants, measured in the same repetitions: the module with release_buffers =
+-- false (module_keep), the C reference with SSL_MODE_RELEASE_BUFFERS (c_release), LuaSec's
+-- idle pairs; and the idle target, module RSS per pair ≤ 0.85 × C's.
+local function ratio_stats(a, b, cpu)
+  local rs = {}
+  for rep, x in pairs(a) do
+    local y = b[rep]
+    if y then
+      if cpu then
+        if x.cpu > 0 and y.cpu > 0 then rs[#rs + 1] = (x.n / x.cpu) / (y.n / y.cpu) end
+      else
+        rs[#rs + 1] = x.value / y.value
+      end
+    end
+  end
+  return stats(rs)
+end
+local variant_label = {
+  module_keep = "module, release_buffers = false", c_release = "C, RELEASE_BUFFERS",
+  luasec = "LuaSec", c = "C",
+}
+local vrows = {}
+for _, w in ipairs(order) do
+  local list = runs[w]
+  local m, c = by_rep(list, "module"), by_rep(list, "c")
+  local idle = w == "mem_idle"
+  local present = {}
+  for _, r in ipairs(list) do present[r.impl] = true end
+  local impls = {}
+  for _, impl in ipairs({ "module_keep", "c_release", "luasec" }) do
+    if present[impl] and not (w == "reconnect" and impl == "luasec") then impls[#impls + 1] = impl end
+  end
+  if idle and next(c) then table.insert(impls, 1, "c") end
+  for _, impl in ipairs(impls) do
+    local v = by_rep(list, impl)
+    local sv = stats(values(v, "value"))
+    local rm, rc = ratio_stats(m, v), ratio_stats(v, c)
+    local cm = ratio_stats(m, v, true)
+    local target, met = "info", "–"
+    if idle and impl == "c" then
+      target, met = "≤ 0.85", rm and rm.med <= 0.85 and "yes" or "**no**"
+      verdicts[#verdicts + 1] = { w = "mem_idle module/C ≤ 0.85", met = met == "yes" }
+    end
+    vrows[#vrows + 1] = ("| %s | %s (%s) | %s | %s | %s | %s | %s | %s |"):format(w, impl,
+      variant_label[impl], list[1].unit, span(sv), span(rm, r3), idle and "–" or (cm and r3(cm.med) or "–"),
+      (impl ~= "c" and rc) and span(rc, r3) or "–", target .. " | " .. met)
+  end
+end
+if #vrows > 0 then
+  p()
+  p("Variants in the same repetitions (module = the module's defaults: SSL_MODE_RELEASE_BUFFERS on; "
+    .. "per-repetition ratios; for B/pair lower is better):")
+  p()
+  p("| workload | variant | unit | variant: median (min–max) | module/variant | CPU module/variant | "
+    .. "variant/C | target | met |")
+  p("|---|---|---|---|---|---|---|---|---|")
+  for _, row in ipairs(vrows) do p(row) end
+end
+
 local cg_target = { mem_hs = 50000, mem_hs_vcb = 50000, mem_hs_mtls = 50000,
                     mem_hs_resume = 50000, sock_hs = 50000 }
 local cg_unit = { mem_bulk = "MiB", reconnect = "connection" }
@@ -167,6 +226,12 @@ if #cg > 0 then
     end
     p(("| %s | %s | %.0f | %.0f | %+.0f (%+.2f%%) | %s | %s |"):format(c.w, cg_unit[c.w] or "handshake",
       c.module, c.c, d, 100 * d / c.c, target, met))
+    if c.module_keep then
+      p(("| %s (module, release_buffers = false) | %s | %.0f | %.0f | %+.0f (%+.2f%%); "
+        .. "module − this: %+.0f | info | – |"):format(
+        c.w, cg_unit[c.w] or "handshake", c.module_keep, c.c, c.module_keep - c.c,
+        100 * (c.module_keep - c.c) / c.c, c.module - c.module_keep))
+    end
     if c.luasec then
       p(("| %s (LuaSec client) | %s | %.0f | %.0f | LuaSec / module = %.2f | info | – |"):format(c.w,
         cg_unit[c.w] or "handshake", c.luasec, c.c, c.luasec / c.module))

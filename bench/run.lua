@@ -17,11 +17,14 @@
 --   reconnect       sslctx.socket.connect to a C echo server (ref sock_server), N times,
 --                   sessions reused by the adapter
 --   reconnect_luasec   the same with LuaSec (impl "luasec"; cannot resume)
+--   mem_idle_luasec    mem_idle with LuaSec (impl "luasec") over loopback TCP pairs (2N
+--                   descriptors: bench.sh raises the limit)
 --   sock_server     (internal) the Lua server of sock_hs / sock_bulk
 --
 -- Each loop is bounded by N and by MAX_SECONDS; every wait by 5 s.
 -- Environment: BENCH_REF (the C reference binary, for reconnect's server; default
--- build/bench/ref).
+-- build/bench/ref); BENCH_RELEASE_BUFFERS=0: every context made with release_buffers = false
+-- (impl "module_keep"), to measure what the default SSL_MODE_RELEASE_BUFFERS costs.
 
 local workload, pki, n, max_seconds, extra_arg = arg[1], arg[2], tonumber(arg[3]), tonumber(arg[4]), arg[5]
 if not (workload and pki and n and max_seconds) then
@@ -34,6 +37,10 @@ local gettime, clock = socket.gettime, os.clock
 
 -- BENCH_GC=generational (or incremental): the collector mode of this process (Lua 5.4).
 if os.getenv("BENCH_GC") and os.getenv("BENCH_GC") ~= "" then collectgarbage(os.getenv("BENCH_GC")) end
+
+-- BENCH_RELEASE_BUFFERS=0: contexts keep their record buffers (option release_buffers = false).
+local KEEP = os.getenv("BENCH_RELEASE_BUFFERS") == "0"
+local IMPL = KEEP and "module_keep" or "module"
 
 local WARMUP = 10
 local ECHO = "sslctx bench echo 0123456789abcd"   -- 32 bytes, as ref.c's
@@ -64,6 +71,7 @@ local function server_ctx(mtls)
     side = "server", certificate = P"server-chain.pem", key = P"server.key",
     min_version = "tls1.3", ciphersuites = CS, groups = "X25519",
   }
+  if KEEP then o.release_buffers = false end
   if mtls then
     o.ca_file = P"root.pem"
     o.verify = "require"
@@ -76,6 +84,7 @@ local function client_ctx(mtls, vcb)
     side = "client", ca_file = P"root.pem", verify = "always",
     min_version = "tls1.3", ciphersuites = CS, groups = "X25519",
   }
+  if KEEP then o.release_buffers = false end
   if vcb then o.verify_callback = function(ok) return ok end end
   if mtls then
     o.certificate = P"client-chain.pem"
@@ -153,7 +162,7 @@ local function run_mem_hs(mtls, vcb, resume)
   local wall, cpu = gettime() - t0, clock() - c0
   if resume and reused ~= done then error(("only %d of %d handshakes resumed"):format(reused, done)) end
   if not resume and reused ~= 0 then error("unexpected resumption") end
-  result("module", done, wall, cpu, done / wall, "hs/s", "reused=" .. reused)
+  result(IMPL, done, wall, cpu, done / wall, "hs/s", "reused=" .. reused)
 end
 
 local function run_mem_bulk()
@@ -175,7 +184,7 @@ local function run_mem_bulk()
   collectgarbage("collect")   -- the loop's garbage is the loop's cost
   local wall, cpu = gettime() - t0, clock() - c0
   local mib = done * CHUNK / 1048576
-  result("module", mib, wall, cpu, mib / wall, "MiB/s", ("mib=%.2f"):format(mib))
+  result(IMPL, mib, wall, cpu, mib / wall, "MiB/s", ("mib=%.2f"):format(mib))
   c:close()
   s:close()
 end
@@ -206,10 +215,83 @@ local function run_mem_idle()
   collectgarbage("collect")
   collectgarbage("collect")
   local after, heap_after = rss(), collectgarbage("count")
-  result("module", n, gettime() - t0, clock() - c0, (after - before) / n, "B/pair",
+  result(IMPL, n, gettime() - t0, clock() - c0, (after - before) / n, "B/pair",
     ("rss_before=%d rss_after=%d lua_heap_per_conn=%.0f"):format(before, after,
       (heap_after - heap_before) * 1024 / n))
   for i = 1, 2 * n do conns[i]:close() end
+end
+
+-- mem_idle with LuaSec: it has no memory transport, so each pair is a client and a server
+-- over a loopback TCP connection made in this process (2N descriptors), handshake and echo,
+-- then kept.  The kernel's socket memory is not in the RSS; LuaSocket's and LuaSec's
+-- per-object buffers are.
+local function run_mem_idle_luasec()
+  local ssl = require "ssl"
+  local sctx = check(ssl.newcontext{
+    mode = "server", protocol = "tlsv1_3", certificate = P"server-chain.pem", key = P"server.key",
+    ciphersuites = CS, curveslist = "X25519",
+  })
+  local cctx = check(ssl.newcontext{
+    mode = "client", protocol = "tlsv1_3", verify = "peer", cafile = P"root.pem",
+    ciphersuites = CS, curveslist = "X25519",
+  })
+  local srv = check(socket.bind("127.0.0.1", 0))
+  local _, port = srv:getsockname()
+  srv:settimeout(WAIT)
+  local function step(conn, done)
+    if done then return true end
+    local ok, err = conn:dohandshake()
+    if ok then return true end
+    if err ~= "wantread" and err ~= "wantwrite" then error("luasec handshake: " .. tostring(err)) end
+    return false
+  end
+  local function pair()
+    local t = socket.tcp()
+    t:settimeout(WAIT)
+    check(t:connect("127.0.0.1", port))
+    local a = check(srv:accept())
+    t:setoption("tcp-nodelay", true)   -- or Nagle and delayed ACKs hold the second flight 40 ms
+    a:setoption("tcp-nodelay", true)
+    local c, s = check(ssl.wrap(t, cctx)), check(ssl.wrap(a, sctx))
+    c:sni("localhost")
+    c:settimeout(0)
+    s:settimeout(0)
+    local cd, sd = false, false
+    for _ = 1, 1000 do
+      cd = step(c, cd)
+      sd = step(s, sd)
+      if cd and sd then break end
+      socket.sleep(0.001)   -- loopback delivers at once: rarely reached (select cannot take fds >= 1024)
+    end
+    if not (cd and sd) then error("luasec handshake did not finish") end
+    c:settimeout(WAIT)
+    s:settimeout(WAIT)
+    check(c:send(ECHO))
+    local d = check(s:receive(#ECHO))
+    check(s:send(d))
+    if check(c:receive(#ECHO)) ~= ECHO then error("echo") end   -- the client reads the tickets
+    return c, s
+  end
+  local t0, c0 = gettime(), clock()
+  for _ = 1, WARMUP do
+    local c, s = pair()
+    c:close()
+    s:close()
+  end
+  local conns = {}
+  for i = 1, 2 * n do conns[i] = false end
+  collectgarbage("collect")
+  collectgarbage("collect")
+  local before, heap_before = rss(), collectgarbage("count")
+  for i = 1, n do conns[2 * i - 1], conns[2 * i] = pair() end
+  collectgarbage("collect")
+  collectgarbage("collect")
+  local after, heap_after = rss(), collectgarbage("count")
+  result("luasec", n, gettime() - t0, clock() - c0, (after - before) / n, "B/pair",
+    ("rss_before=%d rss_after=%d lua_heap_per_conn=%.0f"):format(before, after,
+      (heap_after - heap_before) * 1024 / n))
+  for i = 1, 2 * n do conns[i]:close() end
+  srv:close()
 end
 
 -- ---------------------------------------------------------------------------
@@ -360,7 +442,7 @@ local function run_sock_hs()
     for _ = done + 1, n do local t = tcp_connect(port); t:close() end
   end
   local scpu = finish(p) or 0
-  result("module", done, wall, cpu + scpu, done / wall, "hs/s",
+  result(IMPL, done, wall, cpu + scpu, done / wall, "hs/s",
     ("reused=0 client_cpu=%.6f server_cpu=%.6f"):format(cpu, scpu))
 end
 
@@ -385,7 +467,7 @@ local function run_sock_bulk()
   conn:close()
   t:close()
   local scpu = finish(p) or 0
-  result("module", n, wall, cpu + scpu, n / wall, "MiB/s",
+  result(IMPL, n, wall, cpu + scpu, n / wall, "MiB/s",
     ("client_cpu=%.6f server_cpu=%.6f"):format(cpu, scpu))
 end
 
@@ -449,7 +531,7 @@ local function run_reconnect(luasec)
   -- the target is "with session reuse": every module connection must resume, LuaSec's none
   local want = luasec and 0 or done
   if reused ~= want then error(("%d of %d connections resumed, %d expected"):format(reused, done, want)) end
-  result(luasec and "luasec" or "module", done, wall, cpu + scpu, done / wall, "conn/s",
+  result(luasec and "luasec" or IMPL, done, wall, cpu + scpu, done / wall, "conn/s",
     ("reused=%d client_cpu=%.6f server_cpu=%.6f"):format(reused, cpu, scpu))
 end
 
@@ -462,6 +544,7 @@ local runs = {
   mem_hs_resume = function() run_mem_hs(false, false, true) end,
   mem_bulk = run_mem_bulk,
   mem_idle = run_mem_idle,
+  mem_idle_luasec = run_mem_idle_luasec,
   sock_hs = run_sock_hs,
   sock_bulk = run_sock_bulk,
   sock_server = run_sock_server,
@@ -473,5 +556,5 @@ if not f then
   io.stderr:write("run.lua: unknown workload '", workload, "'\n")
   os.exit(2)
 end
-if workload ~= "reconnect_luasec" and workload ~= "sock_server" then sslctx = require "sslctx" end
+if not workload:match("_luasec$") and workload ~= "sock_server" then sslctx = require "sslctx" end
 f()
