@@ -20,6 +20,15 @@ void sx_conn_push(lua_State *L, sx_conn *conn) {
   if (!sx_objects_push(L, conn)) luaL_error(L, "connection object is gone");
 }
 
+void sx_conn_push_ctx_field(lua_State *L, sx_conn *conn, int slot, const char *field) {
+  sx_conn_push(L, conn);
+  sx_getslot(L, -1, slot);
+  sx_getuv(L, -1);
+  lua_getfield(L, -1, field);
+  lua_replace(L, -4);
+  lua_pop(L, 2);
+}
+
 int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void *data) {
   lua_State *L = conn->L;
   sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(conn->ssl), sx_ctx_ex_index);

@@ -378,6 +378,16 @@ void sx_digest_update(sx_digest *d, const void *p, size_t n) {
   if (!d->failed && n > 0 && !EVP_DigestUpdate(d->md, p, n)) d->failed = 1;
 }
 
+/* Folds a labelled value into a running digest (trust and policy identities). */
+void sx_digest_mix(unsigned char digest[32], const char *what, const void *p, size_t n) {
+  sx_digest d;
+  sx_digest_init(&d);
+  sx_digest_update(&d, digest, 32);
+  sx_digest_update(&d, what, strlen(what) + 1);
+  sx_digest_update(&d, p, n);
+  sx_digest_final(&d, digest);
+}
+
 int sx_digest_final(sx_digest *d, unsigned char out[32]) {
   unsigned int n = 0;
   int ok = !d->failed && EVP_DigestFinal_ex(d->md, out, &n) && n == 32;

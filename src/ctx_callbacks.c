@@ -7,17 +7,9 @@
 #include <string.h>
 #include "private.h"
 
-/* Pushes field of the uservalue of the context the connection now uses, reached through the
- * connection's slot: it outlives ctx:close(), so the callbacks of connections made before a
- * close keep working to their end.  Inside a protected helper. */
-static void push_conn_ctx_field(lua_State *L, sx_conn *conn, const char *field) {
-  sx_conn_push(L, conn);
-  sx_getslot(L, -1, SX_SLOT_CTX);
-  sx_getuv(L, -1);
-  lua_getfield(L, -1, field);
-  lua_replace(L, -4);
-  lua_pop(L, 2);
-}
+/* The field of the context the connection now uses, reached through the connection's slot:
+ * it outlives ctx:close(), so connections made before a close keep working to their end. */
+#define push_conn_ctx_field(L, conn, field) sx_conn_push_ctx_field((L), (conn), SX_SLOT_CTX, (field))
 
 typedef struct alpn_call {
   sx_conn *conn;

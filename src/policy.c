@@ -140,15 +140,6 @@ static void sx_policy_identity(const sx_policy *p, int side, X509_VERIFY_PARAM *
   sx_digest_final(&d, out);
 }
 
-/* Folds a value into a running digest (verification parameters, the client's name). */
-static void sx_policy_mix(unsigned char digest[32], const char *what, const void *p, size_t n) {
-  sx_digest d;
-  sx_digest_init(&d);
-  sx_digest_update(&d, digest, 32);
-  sx_digest_update(&d, what, strlen(what) + 1);
-  sx_digest_update(&d, p, n);
-  sx_digest_final(&d, digest);
-}
 
 /* ---- contexts ----------------------------------------------------------- */
 
@@ -239,7 +230,7 @@ void sx_conn_set_peer(sx_ctx *c, sx_conn *conn, const char *host, size_t len, in
     return;
   }
   memset(conn->policy.peer, 0, sizeof conn->policy.peer);
-  sx_policy_mix(conn->policy.peer, checked ? "checked" : "unchecked", host, len);
+  sx_digest_mix(conn->policy.peer, checked ? "checked" : "unchecked", host, len);
   if (len < sizeof c->memo_host) {
     memcpy(c->memo_host, host, len + 1);
     c->memo_checked = checked;
@@ -285,7 +276,7 @@ void sx_conn_client_start(sx_conn *conn) {
 }
 
 void sx_conn_mix_dane(lua_State *L, sx_conn *conn, const char *what, const void *p, size_t n) {
-  sx_policy_mix(conn->policy.dane, what, p, n);
+  sx_digest_mix(conn->policy.dane, what, p, n);
   sx_conn_policy_changed(L, conn);
 }
 

@@ -214,6 +214,7 @@ typedef struct sx_digest {
 void sx_digest_init(sx_digest *d);
 void sx_digest_update(sx_digest *d, const void *p, size_t n);
 int sx_digest_final(sx_digest *d, unsigned char out[32]);
+void sx_digest_mix(unsigned char digest[32], const char *what, const void *p, size_t n);
 
 /* ---- x509.c / pkey.c -------------------------------------------------- */
 
@@ -263,6 +264,9 @@ void sx_set_verify_params(lua_State *L, sx_param_getter get, void *owner, int id
 int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void *data);
 /* Pushes conn's Lua object (its values: sx_getslot); inside a protected helper. */
 void sx_conn_push(lua_State *L, sx_conn *conn);
+/* Pushes field of the uservalue of the context in the connection's slot (SX_SLOT_CTX: the
+ * one it uses now; SX_SLOT_CTX0: the one it was made from); inside a protected helper. */
+void sx_conn_push_ctx_field(lua_State *L, sx_conn *conn, int slot, const char *field);
 
 /* ---- callback.c: the failure protocol ------------------------------------ */
 

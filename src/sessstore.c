@@ -45,15 +45,8 @@ static int gcm(int enc, const unsigned char key[32], const unsigned char *nonce,
 
 /* ---- running the store's functions ------------------------------------ */
 
-/* Pushes the store function `field` of the context the connection was made from. */
-static void push_store_fn(lua_State *L, sx_conn *conn, const char *field) {
-  sx_conn_push(L, conn);
-  sx_getslot(L, -1, SX_SLOT_CTX0);
-  sx_getuv(L, -1);
-  lua_getfield(L, -1, field);
-  lua_replace(L, -4);
-  lua_pop(L, 2);
-}
+/* The store function `field` of the context the connection was made from. */
+#define push_store_fn(L, conn, field) sx_conn_push_ctx_field((L), (conn), SX_SLOT_CTX0, (field))
 
 /* ---- removals ------------------------------------------------------------- */
 
