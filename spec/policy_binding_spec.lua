@@ -142,6 +142,10 @@ for _, v in ipairs(VERSIONS) do
         helper.raises(function() b:set_verification_mode("client", "never") end)
         local msg = select(2, pcall(b.set_soft_fail, b, true))
         assert.matches("offered a session", msg)
+        -- a caller that catches the error cannot finish the handshake anyway
+        local ok2, _, kind2 = b:handshake()
+        assert.is_nil(ok2)
+        assert.equal("verify", kind2)
       end)
     end)
 

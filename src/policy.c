@@ -206,12 +206,17 @@ void sx_conn_policy_changed(lua_State *L, sx_conn *conn) {
   if (!SSL_in_init(conn->ssl) || SSL_in_before(conn->ssl) || conn->switching) return;
   s = SSL_get_session(conn->ssl);
   if (s == NULL) return;
+  /* The change is made already: the connection itself fails closed (a caller that catches
+   * the error cannot finish the handshake under a policy that did not judge it). */
   if (SSL_session_reused(conn->ssl)) {
-    if (!same_sid(s, sid, sizeof sid))
+    if (!same_sid(s, sid, sizeof sid)) {
+      conn->fatal = "verify";
       luaL_error(L, "this handshake resumed a session made under another verification policy; "
                     "set the policy before the session is looked up");
+    }
   } else if (conn->side == SX_CLIENT && conn->offered) {
     /* the server may still resume what was offered under the old policy */
+    conn->fatal = "verify";
     luaL_error(L, "the verification policy cannot change during a handshake that offered a "
                   "session");
   } else if (SSL_SESSION_get0_peer(s) != NULL) {
