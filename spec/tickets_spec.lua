@@ -231,6 +231,21 @@ describe("set_session_store", function()
     end)
   end
 
+  it("TLS 1.2 with tickets: only clients that take no ticket go to the store", function()
+    local st = table_store()
+    local sctx = helper.server_ctx(TLS12)
+    sctx:set_session_store(st.spec)
+    local ticketed = helper.client_ctx(TLS12)
+    local sess = session_from(ticketed, sctx)
+    assert.equal(0, st.calls.new)                 -- it has a ticket
+    assert.is_true(connect(ticketed, sctx, sess):session_reused())
+    local no_tickets = helper.client_ctx(helper.merge(TLS12, { session_tickets = false }))
+    local sess2 = session_from(no_tickets, sctx)
+    assert.equal(1, st.calls.new)                 -- found by id, through the store
+    assert.is_true(connect(no_tickets, sctx, sess2):session_reused())
+    assert.is_true(st.calls.get >= 1)
+  end)
+
   it("refuses bad stores and client contexts", function()
     local sctx = helper.server_ctx()
     local good = table_store().spec

@@ -154,6 +154,7 @@ typedef struct sx_conn {
   int trust_unknown;            /* borrowed: its owner's store, not yet digested */
   int custom;                   /* its policy changed since it was made */
   sx_ctx *origin;               /* the context it was made from (its slot keeps it alive) */
+  int ticket_issued;            /* server: this handshake sent a ticket (tickets.c) */
   unsigned long ctx_gen;        /* its context's policy_gen when it was made */
   SSL_SESSION *offer;           /* client: opts.session, until the handshake starts */
   unsigned char sid[32];        /* the session id context in force */

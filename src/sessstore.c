@@ -134,6 +134,9 @@ int sx_store_new_session(SSL *ssl, SSL_SESSION *sess) {
   sx_conn *conn = (sx_conn *)SSL_get_ex_data(ssl, sx_ssl_ex_index);
   new_call nc;
   if (conn == NULL || conn->L == NULL || conn->origin == NULL || !conn->origin->store.on) return 0;
+  /* A client that got a ticket resumes with it: the store keeps only what must be found by
+   * id (TLS 1.2 clients without tickets, and every session when tickets are off). */
+  if (conn->ticket_issued) return 0;
   flush_removed(conn);
   nc.conn = conn;
   nc.sess = sess;

@@ -108,18 +108,15 @@ typedef HMAC_CTX sx_hmac_ctx;
 
 /* The context whose keys a connection's tickets use: the one it was made from (OpenSSL's
  * session context), also after a servername switch. */
-static sx_tickets *tickets_of(SSL *ssl) {
-  sx_conn *conn = (sx_conn *)SSL_get_ex_data(ssl, sx_ssl_ex_index);
-  return conn != NULL && conn->origin != NULL ? &conn->origin->tickets : NULL;
-}
-
 static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
                      sx_hmac_ctx *hctx, int enc) {
-  sx_tickets *t = tickets_of(ssl);
+  sx_conn *conn = (sx_conn *)SSL_get_ex_data(ssl, sx_ssl_ex_index);
+  sx_tickets *t = conn != NULL && conn->origin != NULL ? &conn->origin->tickets : NULL;
   int i;
   if (t == NULL || !rotate_if_due(t, now_seconds())) return enc ? -1 : 0;
   if (enc) {
     struct sx_ticket_key *k = &t->keys[0];
+    conn->ticket_issued = 1;   /* the client resumes with it: no session store entry */
     if (RAND_bytes(iv, 16) != 1) return -1;
     memcpy(key_name, k->name, 16);
     if (!EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) || !set_hmac(hctx, k->hmac))
