@@ -22,7 +22,8 @@
 # Excluded: the #soak run (10,000 handshakes; its own spec bounds its memory) and the #gc
 # churn (10,000 contexts, which check wall-clock limits), and the #timing specs (an event
 # loop's achievements within fixed waits); the bad-input tables run in quick mode
-# (SSLCTX_BADINPUT_QUICK=1).
+# (SSLCTX_BADINPUT_QUICK=1), and the spec files whose work happens in other processes
+# (multiprocess, game_server, nginx, scan, interop, examples, rock).
 #
 # Environment: LUA (default lua5.4), SSLCTX_GC_EVERY (default 100), GC_TIMEOUT (default 1500),
 #              GC_EXCLUDE_TAGS (default gc,soak,timing: #timing marks the specs whose
@@ -110,7 +111,17 @@ arg[0] = "/usr/bin/busted"
 dofile("/usr/bin/busted")
 L
 
-[ $# -gt 0 ] || set -- spec/
+# By default every spec file but those whose work happens in other processes (servers,
+# workers, scanners, nginx): the forced collections only reach this process.
+if [ $# -eq 0 ]; then
+  for f in spec/*_spec.lua; do
+    case $f in
+      spec/multiprocess_spec.lua|spec/game_server_spec.lua|spec/nginx_spec.lua|\
+      spec/scan_spec.lua|spec/interop_spec.lua|spec/examples_spec.lua|spec/rock_spec.lua) ;;
+      *) set -- "$@" "$f" ;;
+    esac
+  done
+fi
 export SSLCTX_GC_COUNT_FILE="$PWD/$OUT/collections"
 log=$OUT/busted.log
 echo "check-gc: specs under $LUA with the collector forced every $EVERY instructions ($*)"
