@@ -29,8 +29,11 @@ local helper = {}
 -- insulated file unloads what it required, and opening luv again in the same Lua state
 -- while the default loop still holds the first opening's handles and callback references
 -- corrupts them (a crash in uv_listen, callbacks resolved to the wrong registry slots).
-pcall(require, "luv")
-pcall(require, "cqueues")
+-- (Only in busted's own process: child interpreters that load this helper have no need.)
+if package.loaded["busted.core"] then
+  pcall(require, "luv")
+  pcall(require, "cqueues")
+end
 
 local unpack = unpack or table.unpack
 helper.unpack = unpack
