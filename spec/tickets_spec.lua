@@ -93,6 +93,41 @@ describe("set_ticket_keys", function()
   end
 end)
 
+describe("set_session_id_context names the callbacks' share only", function()
+  local function server(cb, name)
+    local sctx = helper.server_ctx(helper.merge(TLS13, { verify = "always", verify_callback = cb }))
+    sctx:set_ticket_keys { key(3) }
+    if name then sctx:set_session_id_context(name) end
+    return sctx
+  end
+  local cctx = helper.client_ctx(helper.merge(TLS13, { certificate = pki("client-chain.pem"),
+                                                       key = pki("client.key") }))
+  local function f1() return nil end
+  local function f2() return nil end
+
+  it("two functions under one name resume each other; unnamed, they do not", function()
+    local sess = session_from(cctx, server(f1, "workers"))
+    assert.is_true(connect(cctx, server(f2, "workers"), sess):session_reused())
+    local sess2 = session_from(cctx, server(f1))
+    assert.is_false(connect(cctx, server(f2), sess2):session_reused())
+  end)
+
+  it("the callback never drops out: named, a callback and none, or a Lua and a native one differ", function()
+    local sess = session_from(cctx, server(f1, "workers"))
+    assert.is_false(connect(cctx, server(nil, "workers"), sess):session_reused())
+    assert.is_false(connect(cctx, server(sslctx.c_callbacks.preverify, "workers"), sess):session_reused())
+    assert.is_true(connect(cctx, server(f2, "workers"), sess):session_reused())
+  end)
+
+  it("the rest of the policy still counts under a name", function()
+    local sess = session_from(cctx, server(f1, "workers"))
+    local other = helper.server_ctx(helper.merge(TLS13, { verify = "require", verify_callback = f2 }))
+    other:set_ticket_keys { key(3) }
+    other:set_session_id_context("workers")
+    assert.is_false(connect(cctx, other, sess):session_reused())
+  end)
+end)
+
 describe("made-here ticket keys rotate", function()
   local PERIOD = 0.25
 

@@ -97,16 +97,18 @@ static void mix_int(sx_digest *d, const char *what, long long v) {
   sx_digest_update(d, b, sizeof b);
 }
 
+/* The callback's share.  A name from set_session_id_context stands for the per-process part
+ * only (the application vouches that its workers' functions agree): the callback never drops
+ * out, so a named policy with a callback and one without, or a Lua function and a native
+ * one, or two different symbols, still differ. */
 static void mix_callback(sx_digest *d, const sx_policy *p) {
-  if (p->cb_named) {
-    sx_digest_update(d, "named", 6);
-    sx_digest_update(d, p->cb_name, 32);
-    return;
-  }
   mix_int(d, "callback", p->cb.kind);
   if (p->cb.kind == SX_CB_NONE) return;
   if (p->cb.by_name) {
     sx_digest_update(d, p->cb.name_id, 32);
+  } else if (p->cb_named) {
+    sx_digest_update(d, "named", 6);
+    sx_digest_update(d, p->cb_name, 32);
   } else {
     sx_digest_update(d, current_nonce(), sizeof process_nonce);
     mix_int(d, "serial", (long long)p->cb.serial);
