@@ -146,6 +146,21 @@ local function outcome(conn, ok, kind)
   return (ok and "ok" or tostring(kind)) .. "/" .. tostring((conn:verify_result()))
 end
 
+-- The property: the session made under p1, offered under p2 through second(session) ->
+-- judging connection, outcome.  Equal policies resume; unequal ones never do, and reach the
+-- verdict a fresh connection under p2 reaches.
+local function judge(p1, p2, sess, second, where)
+  local conn, got = second(sess)
+  if equal(p1, p2) then
+    assert.is_true(conn:session_reused(), "equal policies did not resume: " .. where)
+    return { compared = 0, resumed = 1 }
+  end
+  assert.is_false(conn:session_reused(), "a session crossed policies: " .. where)
+  local _, fresh = second(nil)
+  assert.equal(fresh, got, "verdict differs from a fresh connection's: " .. where)
+  return { compared = 1, resumed = 0 }
+end
+
 describe("policy property (seed " .. SEED .. ")", function()
   local good_server, other_server
 
@@ -187,16 +202,8 @@ describe("policy property (seed " .. SEED .. ")", function()
           local ok, _, kind = helper.pump(c, server:new_connection())
           return c, outcome(c, ok, kind)
         end
-        local c2, got = second(sess)
-        if equal(p1, p2) then
-          assert.is_true(c2:session_reused(), "equal policies did not resume: " .. where)
-          resumed = resumed + 1
-        else
-          assert.is_false(c2:session_reused(), "a session crossed policies: " .. where)
-          local _, fresh = second(nil)
-          assert.equal(fresh, got, "verdict differs from a fresh connection's: " .. where)
-          compared = compared + 1
-        end
+        local tally = judge(p1, p2, sess, second, where)
+        compared, resumed = compared + tally.compared, resumed + tally.resumed
       end
     end
     if os.getenv("SSLCTX_PROPERTY_VERBOSE") then print("client", compared, resumed) end
@@ -286,16 +293,8 @@ describe("policy property (seed " .. SEED .. ")", function()
             local _, _, _, sok, _, skind = helper.pump(c, s)
             return s, outcome(s, sok, skind)
           end
-          local s2, got = second(sess)
-          if equal(p1, p2) then
-            assert.is_true(s2:session_reused(), "equal policies did not resume: " .. where)
-            resumed = resumed + 1
-          else
-            assert.is_false(s2:session_reused(), "a session crossed policies: " .. where)
-            local _, fresh = second(nil)
-            assert.equal(fresh, got, "verdict differs from a fresh connection's: " .. where)
-            compared = compared + 1
-          end
+          local tally = judge(p1, p2, sess, second, where)
+          compared, resumed = compared + tally.compared, resumed + tally.resumed
         end
       end
       if os.getenv("SSLCTX_PROPERTY_VERBOSE") then print("server", switched, compared, resumed) end
