@@ -297,6 +297,44 @@ describe("release_buffers", function()
     end
     assert.matches("boolean expected", helper.raises(sslctx.new, { release_buffers = "yes" }), 1, true)
   end)
+
+  -- What the mode is for: an idle connection gives its record buffers back (children, so that
+  -- each measures its own resident memory).
+  it("idle connections hold less with it than without (child interpreters)", function()
+    local function per_pair(release)
+      local out, rc = helper.run_child(([=[
+        local sslctx = require "sslctx"
+        local P = os.getenv("SSLCTX_PKI_DIR") .. "/"
+        local opts = { side = "server", certificate = P .. "server-chain.pem", key = P .. "server.key" }
+        if not %s then opts.release_buffers = false end
+        local sctx = assert(sslctx.new(opts))
+        local cctx = assert(sslctx.new{ ca_file = P .. "ca.pem", release_buffers = %s })
+        local function rss()
+          local f = io.open("/proc/self/statm"); local _, r = f:read("*n", "*n"); f:close()
+          return r * 4096
+        end
+        local function pair()
+          local c, s = cctx:new_connection{ hostname = "localhost" }, sctx:new_connection()
+          for _ = 1, 10 do c:handshake(); s:feed(c:drain()); s:handshake(); c:feed(s:drain()) end
+          assert(c:write(string.rep("x", 32))); s:feed(c:drain()); assert(s:read())
+          assert(s:write("y")); c:feed(s:drain()); assert(c:read())
+          return c, s
+        end
+        for _ = 1, 50 do pair() end
+        collectgarbage(); collectgarbage()
+        local keep, before = {}, rss()
+        for _ = 1, 400 do keep[#keep + 1], keep[#keep + 2] = pair() end
+        collectgarbage(); collectgarbage()
+        print("PER-PAIR", (rss() - before) / 400)
+      ]=]):format(tostring(release), tostring(release)), 120)
+      local v = tonumber(out:match("PER%-PAIR%s+([%d%.]+)"))
+      assert.is_truthy(v and rc == 0, out)
+      return v
+    end
+    local released, kept = per_pair(true), per_pair(false)
+    assert.is_true(released + 8192 < kept,
+                   ("idle pair: %.0f B with release_buffers, %.0f B without"):format(released, kept))
+  end)
 end)
 
 -- support is used by the specs above through helper; keep luacheck quiet about it.
