@@ -316,6 +316,28 @@ for _, v in ipairs(VERSIONS) do
         assert.is_true(sok2)
       end)
 
+      it("the context's trust changed from inside a running verification reaches only later connections", function()
+        local other_server = helper.server_ctx(merge(v.opts, {
+          certificate = pki("untrusted-chain.pem"), key = pki("untrusted.key") }))
+        local cctx
+        local changed = 0
+        cctx = helper.client_ctx(merge(v.opts, { verify_callback = function(ok)
+          if changed == 0 then
+            changed = 1
+            assert(cctx:load_verify_locations(pki("other-ca.pem")))
+            collectgarbage()   -- the store this verification uses must not go
+          end
+          return ok
+        end }))
+        local c = cctx:new_connection { hostname = "localhost" }
+        local cok, _, ckind = pump(c, other_server:new_connection())
+        assert.equal(1, changed)
+        assert.is_nil(cok)                 -- its own verification kept the trust it started with
+        assert.equal("verify", ckind)
+        local c2 = cctx:new_connection { hostname = "localhost" }
+        assert.is_true((pump(c2, other_server:new_connection())))
+      end)
+
       it("a CRL added to the context later does not reach a client made before", function()
         local revoked_server = helper.server_ctx(merge(v.opts, {
           certificate = pki("revoked-chain.pem"), key = pki("revoked.key") }))

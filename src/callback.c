@@ -31,14 +31,11 @@ void sx_conn_push_ctx_field(lua_State *L, sx_conn *conn, int slot, const char *f
 
 int sx_callback_run(sx_conn *conn, const char *name, lua_CFunction helper, void *data) {
   lua_State *L = conn->L;
-  sx_ctx *c = (sx_ctx *)SSL_CTX_get_ex_data(SSL_get_SSL_CTX(conn->ssl), sx_ctx_ex_index);
   int rc;
   conn->in_callback++;
-  if (c != NULL) c->in_callback++;   /* its trust store is in use: see ctx trust setters */
   ERR_set_mark();   /* whatever the Lua code does to the error queue stays its own */
   rc = sx_cpcall(L, helper, data);
   ERR_pop_to_mark();
-  if (c != NULL) c->in_callback--;
   conn->in_callback--;
   if (rc == LUA_OK) return 1;
   if (conn->cb_failed) {

@@ -847,7 +847,7 @@ static int conn_set_soft_fail(lua_State *L) {
 }
 
 static int conn_set_session_id_context(lua_State *L) {
-  sx_conn *conn = sx_conn_check(L, 1);
+  sx_conn *conn = policy_check(L, "set_session_id_context");
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   luaL_argcheck(L, len <= SSL_MAX_SID_CTX_LENGTH, 2, "session id context longer than 32 bytes");
@@ -895,7 +895,6 @@ void sx_conn_switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx)
   SSL *ssl = conn->ssl;
   X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
   int soft_fail = conn->policy.soft_fail;
-  sx_ctx_refresh_sid(nc);
   SSL_set_SSL_CTX(ssl, nc->ctx);
   SSL_set_client_CA_list(ssl, NULL);   /* the new context's, pinned if it changes */
   nc->names_lent = 1;

@@ -81,13 +81,6 @@ static void pin_names(lua_State *L, sx_ctx *c) {
   c->names_lent = 0;
 }
 
-/* A verification in progress holds the trust store without a reference: changing the store
- * from inside a callback of one of the context's connections could free it under OpenSSL. */
-static void check_trust_mutable(lua_State *L, sx_ctx *c) {
-  if (c->in_callback > 0)
-    luaL_error(L, "the context's trust cannot change inside a callback of one of its connections");
-}
-
 static void mark_trust_changed(sx_ctx *c) {
   memcpy(c->policy[SX_CLIENT].trust, c->trust_id, 32);
   memcpy(c->policy[SX_SERVER].trust, c->trust_id, 32);
@@ -250,7 +243,6 @@ static int add_crl_from(lua_State *L, sx_ctx *c, int idx, sx_where w) {
 
 static int ctx_add_crl(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
-  check_trust_mutable(L, c);
   sx_where w = {2, NULL};
   luaL_checkany(L, 2);
   return add_crl_from(L, c, 2, w);
@@ -301,7 +293,6 @@ static int load_locations(lua_State *L, sx_ctx *c, const char *file, const char 
 
 static int ctx_load_verify_locations(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
-  check_trust_mutable(L, c);
   const char *file = luaL_optstring(L, 2, NULL);
   const char *dir = luaL_optstring(L, 3, NULL);
   if (file == NULL && dir == NULL) return luaL_argerror(L, 2, "a file or a directory expected");
@@ -312,7 +303,6 @@ static int ctx_load_verify_locations(lua_State *L) {
 
 static int ctx_set_default_verify_paths(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
-  check_trust_mutable(L, c);
   ERR_clear_error();
   if (!sx_trust_add_defaults(writable_store_or_raise(L, c), c->trust_id, &c->trust_dirs)) {
     mark_trust_changed(c);
@@ -397,7 +387,6 @@ static int set_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
 
 static int ctx_set_client_ca_list(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
-  check_trust_mutable(L, c);
   sx_where w = {2, NULL};
   if (set_client_ca(L, c, 2, w) == 3) return 3;
   lua_pushboolean(L, 1);

@@ -99,7 +99,6 @@ typedef struct sx_ctx {
   unsigned char *alpn_select_wire;  /* server ALPN preference list (wire form), or NULL */
   size_t alpn_select_len;
   int post_handshake_auth;      /* client: offer TLS 1.3 post-handshake auth */
-  int in_callback;              /* a callback of one of its connections is running */
   int store_shared;             /* trusts the process-wide default store (copy on write) */
   int params_identity;          /* verify params name a host or ip: clients need no hostname */
   sx_tickets tickets;           /* server: ticket keys (until __gc: connections use them) */
