@@ -263,18 +263,9 @@ end)
 -- interpreter (under valgrind where there is one), so that a crash fails this spec only.
 local CLOSE_IN_METHOD = [=[
   local helper = require "helper"
-  local function busy_gc()
-    if _VERSION == "Lua 5.4" then collectgarbage("incremental", 0, 1000)
-    else collectgarbage("setpause", 0); collectgarbage("setstepmul", 100000) end
-  end
-  local function normal_gc()   -- the setup of each round runs at Lua's default pace
-    if _VERSION == "Lua 5.4" then collectgarbage("incremental", 200, 100)
-    else collectgarbage("setpause", 200); collectgarbage("setstepmul", 200) end
-  end
-  local function garbage_with_finalizer(fn)
-    if newproxy then getmetatable(newproxy(true)).__gc = fn
-    else setmetatable({}, { __gc = fn }) end
-  end
+  local function busy_gc() helper.gc_pace("busy") end
+  local function normal_gc() helper.gc_pace("normal") end   -- the setup of each round
+  local garbage_with_finalizer = helper.garbage_with_finalizer
   local spki = io.popen("openssl pkey -in '" .. helper.pki("server.key") ..
                         "' -pubout -outform DER | openssl dgst -sha256 -binary"):read("*a")
   local CALLS = {

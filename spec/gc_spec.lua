@@ -132,19 +132,9 @@ end)
 local CLOSE_IN_METHOD = [[
   -- A finalizer closes the connection while one of its methods runs.
   local helper = require "helper"
-  local function busy_gc()
-    if _VERSION == "Lua 5.4" then collectgarbage("incremental", 0, 1000)
-    else collectgarbage("setpause", 0); collectgarbage("setstepmul", 100000) end
-  end
-  local function normal_gc()   -- the setup of each round runs at Lua's default pace
-    if _VERSION == "Lua 5.4" then collectgarbage("incremental", 200, 100)
-    else collectgarbage("setpause", 200); collectgarbage("setstepmul", 200) end
-  end
-  -- 5.1 and LuaJIT run __gc only for userdata
-  local function garbage_with_finalizer(fn)
-    if newproxy then getmetatable(newproxy(true)).__gc = fn
-    else setmetatable({}, { __gc = fn }) end
-  end
+  local function busy_gc() helper.gc_pace("busy") end
+  local function normal_gc() helper.gc_pace("normal") end   -- the setup of each round
+  local garbage_with_finalizer = helper.garbage_with_finalizer
   for _, m in ipairs(METHODS) do
     for K = 1, 5 do
       normal_gc()

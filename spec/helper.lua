@@ -407,6 +407,25 @@ function helper.with_busy_gc(fn)
   if not ok then error(err, 0) end
 end
 
+-- The collector's pace for the close-in-method children: "busy" (a full cycle at almost every
+-- allocation, so that a finalizer runs in the middle of a method) or "normal" (Lua's
+-- defaults, for the setup of each round).
+function helper.gc_pace(which)
+  local busy = which == "busy"
+  if _VERSION == "Lua 5.4" then
+    collectgarbage("incremental", busy and 0 or 200, busy and 1000 or 100)
+  else
+    collectgarbage("setpause", busy and 0 or 200)
+    collectgarbage("setstepmul", busy and 100000 or 200)
+  end
+end
+
+-- Garbage whose finalizer is fn (5.1 and LuaJIT run __gc only for userdata).
+function helper.garbage_with_finalizer(fn)
+  if newproxy then getmetatable(newproxy(true)).__gc = fn
+  else setmetatable({}, { __gc = fn }) end
+end
+
 -- Calls fn(...) expecting it to raise; returns the error message as a string.
 function helper.raises(fn, ...)
   local ok, err = pcall(fn, ...)
