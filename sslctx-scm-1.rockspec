@@ -46,6 +46,7 @@ build = {
          libdirs = { "$(OPENSSL_LIBDIR)" },
       },
       sslctx = "lua/sslctx.lua",
+      ["sslctx.stream"] = "lua/sslctx/stream.lua",
       ["sslctx.socket"] = "lua/sslctx/socket.lua",
       ["sslctx.ngx"] = "lua/sslctx/ngx.lua",
       ["sslctx.luasec"] = "lua/sslctx/luasec.lua",

@@ -39,7 +39,7 @@
 #   and the C reference with SSL_MODE_RELEASE_BUFFERS (impl c_release)
 #   BENCH_NO_BUILD=1     use the existing build/$BENCH_LUA/sslctx/core.so
 #   BENCH_MODULE_SO      measure this core.so instead (a candidate build; no make)
-#   BENCH_LUA_DIR        take the Lua front (sslctx.lua, sslctx/socket.lua) from here [lua]
+#   BENCH_LUA_DIR        take the Lua front (sslctx.lua, sslctx/socket.lua, sslctx/stream.lua) from here [lua]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -27,6 +27,7 @@
 -- A deadline passed is nil, "timeout: <what> not done within <t> s", "timeout".
 
 local cqueues = require "cqueues"
+local stream = require "sslctx.stream"
 
 local type, pairs, pcall, error, setmetatable, getmetatable =
       type, pairs, pcall, error, setmetatable, getmetatable
@@ -37,16 +38,7 @@ local M = { _VERSION = "sslctx.cqueues 0.1" }
 local Stream = {}
 Stream.__index = Stream
 
-local function argerror(n, fname, msg)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
-end
-
-local function get_new_connection(x) return x.new_connection end
-local function is_context(x)
-  if type(x) ~= "userdata" then return false end
-  local ok, f = pcall(get_new_connection, x)
-  return ok and type(f) == "function"
-end
+local argerror, is_context = stream.argerror, stream.is_context
 
 local function get_pollfd(x) return x.pollfd end
 
@@ -90,7 +82,7 @@ function Stream:pollfd() return self.fd end
 function Stream:events() return self.ev end
 
 -- Runs step() until it answers something other than want_read/want_write.
-function Stream:_drive(what, step)
+local function drive(self, what, step)
   if self.closed then error(("sslctx.cqueues: '%s' on a closed stream"):format(what), 3) end
   local deadline = self.timeout and monotime() + self.timeout
   while true do
@@ -107,19 +99,19 @@ end
 
 function Stream:handshake()
   local conn = self.conn
-  return self:_drive("handshake", function() return conn:handshake() end)
+  return drive(self, "handshake", function() return conn:handshake() end)
 end
 
 function Stream:read(n)
   if n ~= nil and (type(n) ~= "number" or n < 1) then argerror(1, "read", "positive byte count expected") end
   local conn = self.conn
-  return self:_drive("read", function() return conn:read(n) end)
+  return drive(self, "read", function() return conn:read(n) end)
 end
 
 function Stream:write(data)
   if type(data) ~= "string" then argerror(1, "write", "string expected, got " .. type(data)) end
   local conn, rest = self.conn, data
-  local ok, msg, kind = self:_drive("write", function()
+  local ok, msg, kind = drive(self, "write", function()
     while #rest > 0 do
       local n, m, k = conn:write(rest)
       if not n then return nil, m, k end
@@ -132,7 +124,7 @@ end
 
 function Stream:shutdown()
   local conn = self.conn
-  local ok, msg, kind = self:_drive("shutdown", function()
+  local ok, msg, kind = drive(self, "shutdown", function()
     local r, m, k = conn:shutdown()
     if r == false then return true end   -- ours is out; the peer's may come later
     return r, m, k

@@ -319,7 +319,6 @@ local function wrap_cert(x)
   if x == nil then return nil end
   return setmetatable({ x = x }, Cert)
 end
-M._wrap_cert = wrap_cert
 
 local NAMES = {   -- RFC 2253 short name -> OID, LuaSec's (OpenSSL's long) name
   CN = { "2.5.4.3", "commonName" }, C = { "2.5.4.6", "countryName" },
@@ -444,7 +443,7 @@ local function want_word(stream)
 end
 
 -- The sslctx.socket stream, made at first use so that sni() can still name the server.
-function Conn:_stream()
+local function stream_of(self)
   if self.stream then return self.stream end
   if self.failed then return nil, self.failed end
   local meta = self.meta
@@ -478,7 +477,7 @@ end
 
 --- dohandshake() -> true | false, message ("wantread"/"wantwrite" on a timeout), kind
 function Conn:dohandshake()
-  local s, msg = self:_stream()
+  local s, msg = stream_of(self)
   if not s then return false, msg end
   local ok, kind
   ok, msg, kind = s:dohandshake()
@@ -490,7 +489,7 @@ end
 
 --- send(data [, i [, j]]) -> last index | nil, err, last index sent
 function Conn:send(data, i, j)
-  local s, msg = self:_stream()
+  local s, msg = stream_of(self)
   if not s then return nil, msg, (i or 1) - 1 end
   local n, err, last, kind = s:send(data, i, j)
   if n then return n end
@@ -500,7 +499,7 @@ end
 
 --- receive([pattern [, prefix]]) -> data | nil, err, partial
 function Conn:receive(pattern, prefix)
-  local s, msg = self:_stream()
+  local s, msg = stream_of(self)
   if not s then return nil, msg, prefix or "" end
   local data, err, partial, kind = s:receive(pattern, prefix)
   if data then return data end
@@ -523,7 +522,7 @@ function Conn:sni(name, strict)
     if type(name) ~= "table" then
       error("bad argument #1 to 'sni' (table of server names to contexts expected)", 2)
     end
-    local s, msg = self:_stream()
+    local s, msg = stream_of(self)
     if not s then return nil, msg end
     local ok, err = pcall(s.sni, s, name, strict)
     if not ok then error((tostring(err):gsub("^[^:]+:%d+: ", "")), 2) end
@@ -623,7 +622,7 @@ function Conn:getpeerfinished() return self.stream and self.stream:getpeerfinish
 function Conn:setdane(base)
   if self.meta.side ~= "client" then return false, "DANE is for client connections" end
   if not self.name and not self.stream then self.name = base end
-  local s, msg = self:_stream()
+  local s, msg = stream_of(self)
   if not s then return false, msg end
   local ok, err = s:setdane(base, self.meta.dane and #self.meta.dane > 0 and self.meta.dane or nil)
   if not ok then return false, err end
@@ -644,7 +643,7 @@ function Conn:getsniname() return self.stream and self.stream:getsniname() or ni
 
 --- connection() -> the sslctx connection underneath (extension), once created
 function Conn:connection()
-  local s = self:_stream()
+  local s = stream_of(self)
   return s and s:connection() or nil
 end
 

@@ -56,6 +56,7 @@
 --   end)
 
 local uv = require "luv"
+local stream = require "sslctx.stream"
 
 local type, pairs, ipairs, pcall, error, tostring, setmetatable, select =
       type, pairs, ipairs, pcall, error, tostring, setmetatable, select
@@ -74,9 +75,7 @@ local PIECE = 16384                       -- plaintext handed to conn:write at a
 local ECANCELED = "ECANCELED: operation canceled"
 local EPIPE = "EPIPE: broken pipe"
 
-local function argerror(n, fname, msg, level)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), (level or 2) + 1)
-end
+local argerror = stream.argerror
 
 -- "<kind>: <message>", the core's messages sometimes being so already.
 local function errstr(msg, kind)
@@ -107,6 +106,11 @@ local function uvcb(cb)
   if not cb then return nil end
   return function(e) cb(uverr(e)) end
 end
+
+-- The engine's steps (below), each a local function of the stream: nothing of it is reachable
+-- from a stream object.
+local flush, send_data, want_handle, sync_handle, handle_read, feed, handshake_done, pump,
+      deferred_pump, start, fail, do_shutdown
 
 -- ---------------------------------------------------------------------------
 -- Deferred callbacks: a callback due while one of the stream's methods runs (depth > 0), or
@@ -185,7 +189,7 @@ local function arm(due)
         q.first = q.first + 1
         if not (s.done_waiting or s.closing or s.err) then
           depth = depth + 1   -- callbacks wait for the loop: they may wrap new streams
-          s:_fail("timeout: handshake not finished within " .. ms .. " ms")
+          fail(s, "timeout: handshake not finished within " .. ms .. " ms")
           depth = depth - 1
         end
       end
@@ -216,19 +220,8 @@ end
 -- ---------------------------------------------------------------------------
 -- wrap
 
-local function get_new_connection(x) return x.new_connection end
-local function is_context(x)
-  if type(x) ~= "userdata" then return false end
-  local ok, f = pcall(get_new_connection, x)
-  return ok and type(f) == "function"
-end
-
-local function get_read_start(x) return x.read_start end
-local function is_stream_handle(x)
-  if type(x) ~= "userdata" then return false end
-  local ok, f = pcall(get_read_start, x)
-  return ok and type(f) == "function"
-end
+local is_context = stream.is_context
+local function is_stream_handle(x) return stream.has_method(x, "read_start") end
 
 local OWN_KEYS = { preread = true, handshake_timeout = true }
 
@@ -280,7 +273,7 @@ end
 
 -- Hands the connection's pending ciphertext to the handle; cb (optional) gets the handle's
 -- verdict (nil or luv's error string).
-function Stream:_flush(cb)
+function flush(self, cb)
   local conn = self.conn
   if conn:pending() == 0 then
     if cb then emit(self, cb, nil) end
@@ -291,24 +284,26 @@ function Stream:_flush(cb)
   if not req and cb then emit(self, cb, uverr(err)) end
 end
 
+-- One piece to the connection (stream.send's `write`): bytes taken, 0 when a buffer_limit
+-- made it wait (what waits is moved to `out`, then it goes on), or nil, err.
+local function write_piece(piece, conn, out)
+  local taken, msg, kind = conn:write(piece)
+  if taken then return taken end
+  if kind == "want_write" and conn:pending() > 0 then
+    out[#out + 1] = conn:drain()
+    return 0
+  end
+  return nil, errstr(msg, kind)
+end
+
 -- Encrypts data (a string) and queues the ciphertext; cb gets the handle's verdict on the
 -- last piece.  Returns true, or nil, err when the connection failed.
-function Stream:_send(data, cb)
+function send_data(self, data, cb)
   local conn = self.conn
-  local out, n = {}, 0
-  local i, len = 1, #data
-  while i <= len do
-    local piece = (i == 1 and len <= PIECE) and data or data:sub(i, i + PIECE - 1)
-    local taken, msg, kind = conn:write(piece)
-    if taken then
-      i = i + taken
-    elseif kind == "want_write" and conn:pending() > 0 then
-      n = n + 1                         -- a buffer_limit: move what waits, then go on
-      out[n] = conn:drain()
-    else
-      return nil, errstr(msg, kind)
-    end
-  end
+  local out = {}
+  local sent, failure = stream.send(data, 1, #data, PIECE, write_piece, conn, out)
+  if not sent then return nil, failure end
+  local n = #out
   if conn:pending() > 0 then
     n = n + 1
     out[n] = conn:drain()
@@ -324,36 +319,36 @@ end
 
 -- Whether the handle should be read now: during the handshake, and afterwards while the
 -- application reads; never while input waits that the connection cannot take.
-function Stream:_want_handle()
+function want_handle(self)
   if self.closing or self.err or self.eof or self.inbuf then return false end
   if self.hs ~= "done" then return self.hs == "running" end
   return self.reading and not self.rdone
 end
 
-function Stream:_sync_handle()
-  local want = self:_want_handle()
+function sync_handle(self)
+  local want = want_handle(self)
   if want == (self.hreading or false) then return end
   self.hreading = want
   if want then
     local h = self.handle
     local on_read = self.on_read
     if not on_read then
-      on_read = function(err, chunk) self:_on_read(err, chunk) end
+      on_read = function(err, chunk) handle_read(self, err, chunk) end
       self.on_read = on_read
     end
     local ok, err = h:read_start(on_read)
     if not ok then
       self.hreading = false
-      self:_fail(uverr(err))
+      fail(self, uverr(err))
     end
   else
     self.handle:read_stop()
   end
 end
 
-function Stream:_on_read(err, chunk)
+function handle_read(self, err, chunk)
   if self.closing or self.err then return end
-  if err then return self:_fail(uverr(err)) end
+  if err then return fail(self, uverr(err)) end
   if chunk == nil then
     self.eof = true
   elseif self.inbuf then          -- cannot happen while reading is stopped; kept in order
@@ -361,11 +356,11 @@ function Stream:_on_read(err, chunk)
   else
     self.inbuf = chunk
   end
-  self:_pump()
+  pump(self)
 end
 
 -- Feeds what waits; at the handle's end, marks the end of input once all of it is in.
-function Stream:_feed()
+function feed(self)
   local conn, inbuf = self.conn, self.inbuf
   if inbuf then
     local n = conn:feed(inbuf)
@@ -390,7 +385,7 @@ local function run_cbs(list, err)
   for i = 1, #list do list[i](err) end
 end
 
-function Stream:_handshake_done()
+function handshake_done(self)
   self.hs = "done"
   self.done_waiting = true
   local pre = self.pre
@@ -398,16 +393,16 @@ function Stream:_handshake_done()
   self.prebytes = 0
   if pre then
     for i = 1, #pre, 2 do
-      local ok, err = self:_send(pre[i], pre[i + 1] or nil)
+      local ok, err = send_data(self, pre[i], pre[i + 1] or nil)
       if not ok then   -- this write and the rest hear the failure through _fail
         local rest = {}
         for j = i, #pre do rest[#rest + 1] = pre[j] end
         self.pre = rest
-        return self:_fail(err)
+        return fail(self, err)
       end
     end
   end
-  if self.shut == "waiting" then self:_do_shutdown() end
+  if self.shut == "waiting" then do_shutdown(self) end
   -- last: a callback that closes the stream finds nothing half done
   local cbs = self.hs_cbs
   self.hs_cbs = nil
@@ -415,21 +410,21 @@ function Stream:_handshake_done()
 end
 
 -- Moves the stream as far as it goes: feed input, handshake, read, flush output.
-function Stream:_pump()
+function pump(self)
   if self.closing or self.err then return end
   local conn = self.conn
   for _ = 1, 64 do                     -- bounded: each round consumes input or stops
-    self:_feed()
+    feed(self)
     local before = self.inbuf and #self.inbuf or 0
     if self.hs ~= "done" then
       if self.hs == "new" then self.hs = "running" end
       local ok, msg, kind = conn:handshake()
-      self:_flush()
+      flush(self)
       if ok then
-        self:_handshake_done()
+        handshake_done(self)
         if self.err or self.closing then return end
       elseif kind ~= "want_read" and kind ~= "want_write" then
-        return self:_fail(errstr(msg, kind))
+        return fail(self, errstr(msg, kind))
       end
     end
     if self.hs == "done" and self.reading and not self.rdone then
@@ -437,7 +432,7 @@ function Stream:_pump()
         -- reads are delivered only from the loop, in order after what is queued
         if not self.pump_queued then
           self.pump_queued = true
-          defer(self, Stream._deferred_pump, self)
+          defer(self, deferred_pump, self)
         end
         break
       end
@@ -451,34 +446,34 @@ function Stream:_pump()
           self.rdone = true
           deliver_read(self, nil, nil)
         else
-          self:_fail(errstr(msg, kind))
+          fail(self, errstr(msg, kind))
         end
       end
       if self.closing or self.err then return end
-      self:_flush()
+      flush(self)
     end
-    self:_feed()
+    feed(self)
     local after = self.inbuf and #self.inbuf or 0
     if after == 0 or after == before then break end
   end
-  self:_sync_handle()
+  sync_handle(self)
 end
 
-function Stream._deferred_pump(self)
+function deferred_pump(self)
   self.pump_queued = false
-  self:_pump()
+  pump(self)
 end
 
-function Stream:_start()
-  if self.hs == "new" then self:_pump() end
+function start(self)
+  if self.hs == "new" then pump(self) end
 end
 
 -- The stream failed: every waiting callback hears err once; the handle stops reading.
-function Stream:_fail(err)
+function fail(self, err)
   if self.err or self.closing then return end
   self.err = err
   self.done_waiting = true
-  self:_sync_handle()
+  sync_handle(self)
   local cbs = self.hs_cbs
   self.hs_cbs = nil
   if cbs then emit(self, run_cbs, cbs, err) end
@@ -533,7 +528,7 @@ function Stream:handshake(cb)
     local cbs = self.hs_cbs
     if not cbs then cbs = {}; self.hs_cbs = cbs end
     cbs[#cbs + 1] = cb
-    self:_start()
+    start(self)
   end
   return leave(true)
 end
@@ -550,9 +545,9 @@ function Stream:read_start(cb)
       emit(self, deliver_read, self, self.err)
     end
   elseif self.hs == "new" then
-    self:_start()
+    start(self)
   elseif self.hs == "done" then
-    self:_pump()      -- defers the reads themselves
+    pump(self)      -- defers the reads themselves
   end
   return leave(true)
 end
@@ -560,7 +555,7 @@ end
 function Stream:read_stop()
   self.reading = false
   if self.closing then return true end
-  self:_sync_handle()
+  sync_handle(self)
   return true
 end
 
@@ -585,12 +580,12 @@ function Stream:write(data, cb)
     pre[#pre + 1] = data
     pre[#pre + 1] = cb or false
     self.prebytes = self.prebytes + #data
-    self:_start()
+    start(self)
     return leave(true)
   end
-  local ok, err = self:_send(data, cb)
+  local ok, err = send_data(self, data, cb)
   if not ok then
-    self:_fail(err)
+    fail(self, err)
     return leave(nil, err)
   end
   return leave(true)
@@ -601,18 +596,18 @@ function Stream:get_write_queue_size()
   return self.prebytes + self.handle:get_write_queue_size()
 end
 
-function Stream:_do_shutdown()
+function do_shutdown(self)
   self.shut = "sent"
   local cb = self.shut_cb
   self.shut_cb = nil
   local conn = self.conn
   local ok, msg, kind = conn:shutdown()
   if ok == nil then
-    self:_fail(errstr(msg, kind))
+    fail(self, errstr(msg, kind))
     if cb then emit(self, cb, self.err) end
     return
   end
-  self:_flush()
+  flush(self)
   local req, err = self.handle:shutdown(uvcb(cb))
   if not req and cb then emit(self, cb, uverr(err)) end
 end
@@ -628,7 +623,7 @@ function Stream:shutdown(cb)
   else
     self.shut = "waiting"
     self.shut_cb = cb
-    if self.hs == "done" then self:_do_shutdown() else self:_start() end
+    if self.hs == "done" then do_shutdown(self) else start(self) end
   end
   return leave(true)
 end
@@ -707,11 +702,11 @@ Coro.__index = Coro
 
 --- tls.coro(stream) -> an object whose methods wait (yield) instead of taking callbacks;
 -- use it from a coroutine the loop resumes (tls.spawn).
-function M.coro(stream)
-  if getmetatable(stream) ~= Stream then
-    argerror(1, "coro", "sslctx.luv stream expected, got " .. type(stream))
+function M.coro(s)
+  if getmetatable(s) ~= Stream then
+    argerror(1, "coro", "sslctx.luv stream expected, got " .. type(s))
   end
-  return setmetatable({ stream = stream, chunks = {}, first = 1, last = 0 }, Coro)
+  return setmetatable({ stream = s, chunks = {}, first = 1, last = 0 }, Coro)
 end
 
 -- Yields until cb-style completion: call(resume) starts it; returns what the callback got.

@@ -3,6 +3,8 @@
 -- Client:  sngx.connect(sock, ctx [, opts]) -> stream | nil, message, kind
 --          TLS over a connected ngx.socket.tcp cosocket, through the memory transport;
 --          opts.session_dict shares client sessions among the workers.
+--          sngx.remember_hosts() records the host each cosocket connects to (for the
+--          default hostname); loading the module calls it.
 -- Server:  sngx.set_policy(name)                          (ssl_client_hello_by_lua*)
 --          sngx.set_verification_mode(mode [, cb [, opts]]) (ssl_certificate_by_lua*)
 --          sngx.verdict() -> code, string, verified, peer_pem, policy, sni (request phases)
@@ -10,6 +12,7 @@
 --
 -- See doc/openresty.md for the rules (what runs where, what may not yield).
 local sslctx = require "sslctx"
+local stream = require "sslctx.stream"
 
 local type, pairs, tostring, tonumber, error = type, pairs, tostring, tonumber, error
 local setmetatable, rawget, rawset = setmetatable, rawget, rawset
@@ -33,10 +36,10 @@ end
 -- ---------------------------------------------------------------------------
 -- The host a cosocket connected to.
 --
--- A cosocket does not tell its peer's name, so the module wraps the cosocket class's
+-- A cosocket does not tell its peer's name, so remember_hosts() wraps the cosocket class's
 -- `connect` (the method table resty.core also extends: registry.__tcp_cosocket_mt) and
 -- `ngx.socket.connect`, and remembers the host each socket connected to (weakly).  Sockets
--- connected before this module was first required are not known: pass opts.hostname.
+-- connected before it ran are not known: pass opts.hostname.
 
 local REG_HOSTS = "sslctx.ngx.hosts"
 local REG_PORTS = "sslctx.ngx.ports"
@@ -70,10 +73,22 @@ local function remember(sock, host, port, ok, ...)
   return ok, ...
 end
 
-local function patch_connect()
+--- sngx.remember_hosts() -> true | nil, message: from now on, the host (and port) each
+-- cosocket of this Lua VM connects to is recorded, for connect's default hostname and
+-- opts.session_dict; the settimeout(s) the handshake deadline restores are recorded too.
+-- Idempotent per VM (the mark is in the registry, which a reloaded VM starts without).
+--
+-- Loading this module calls it, and must: doc/reference.md fixes that connect's hostname
+-- defaults to the host the socket connected to, and a cosocket tells no name afterwards, so
+-- the wrapper has to be in place before the application's first connect, with nothing asked
+-- of the application.  The function gives the patch a name: what installs it, and where
+-- (loading the module in init_by_lua* has it before any request); calling it again is
+-- harmless.
+function M.remember_hosts()
   local ngx = ngx_env()
   local reg = debug.getregistry()
-  if ngx == nil or rawget(reg, REG_PATCHED) then return end
+  if ngx == nil then return nil, "sslctx.ngx.remember_hosts: not running inside OpenResty (ngx_lua)" end
+  if rawget(reg, REG_PATCHED) then return true end
   local mt = rawget(reg, "__tcp_cosocket_mt")
   if type(mt) == "table" and type(rawget(mt, "connect")) == "function" then
     local connect = rawget(mt, "connect")
@@ -106,9 +121,10 @@ local function patch_connect()
     end
   end
   rawset(reg, REG_PATCHED, true)
+  return true
 end
 
-patch_connect()
+M.remember_hosts()   -- at load time: see above (outside OpenResty it does nothing)
 
 --- The host `sock` connected to (as given to connect), or nil when unknown.
 function M.peer_host(sock)
@@ -237,8 +253,9 @@ local function cosocket_error(self, err)
 end
 
 -- During the handshake every wait is cut to what is left of the deadline; afterwards the
--- socket's own timeouts are back.
+-- socket's own timeouts are back.  -> true | nil, message, kind (the deadline passed)
 local function shorten_waits(self)
+  if not self.deadline then return true end
   local ngx = ngx_env()
   ngx.update_time()
   local left = ceil((self.deadline - ngx.now()) * 1000)
@@ -254,10 +271,8 @@ end
 local function flush(self)
   local out = self.conn:drain()
   if out ~= "" then
-    if self.deadline then
-      local ok, derr, dkind = shorten_waits(self)
-      if not ok then return nil, derr, dkind end
-    end
+    local ok, derr, dkind = shorten_waits(self)
+    if not ok then return nil, derr, dkind end
     local n, err = self.sock:send(out)
     if not n then
       self.broken = err
@@ -273,10 +288,8 @@ local function fill(self)
   if self.input_ended then
     return nil, "eof: the peer closed the connection without close_notify", "eof"
   end
-  if self.deadline then
-    local ok, derr, dkind = shorten_waits(self)
-    if not ok then return nil, derr, dkind end
-  end
+  local ok, derr, dkind = shorten_waits(self)
+  if not ok then return nil, derr, dkind end
   local data, err = self.sock:receiveany(RECEIVE_CHUNK)
   if not data then
     if err == "closed" then   -- the peer's FIN (or a closed cosocket): the core says eof
@@ -349,7 +362,7 @@ local function handshake(self)
 end
 
 -- Reads what is decrypted and ready, after at most one wait for the network: appends it to
--- the receive buffer.
+-- the receive buffer (stream.receive's `more`).
 local function more(self)
   if self.read_error then
     return nil, self.read_error[1], self.read_error[2]
@@ -357,25 +370,11 @@ local function more(self)
   local data, err, kind = drive(self, self.conn.read)
   if self.dict and not self.saved then save_session(self) end
   if data then
-    if data ~= "" then self.buf[#self.buf + 1] = data end
-    self.buffered = self.buffered + #data
+    self.rbuf:push(data)
     return true
   end
   if kind ~= "timeout" then self.read_error = { err, kind } end   -- final: closed, eof, ssl...
   return nil, err, kind
-end
-
-local function take(self, n)   -- removes and returns the first n buffered bytes (n <= buffered)
-  local all = concat(self.buf)
-  local out = all:sub(1, n)
-  local rest = all:sub(n + 1)
-  self.buf = rest ~= "" and { rest } or {}
-  self.buffered = #rest
-  return out
-end
-
-local function take_all(self)
-  return take(self, self.buffered)
 end
 
 -- A failure in the cosocket's shape: "closed" and "timeout" as the cosocket says them, any
@@ -410,68 +409,34 @@ local function flatten(data, out)
   return out
 end
 
+-- One piece to the connection (stream.send's `write`), moving bytes until it is taken.
+local function write_piece(piece, self)
+  return drive(self, self.conn.write, piece)
+end
+
 --- stream:send(data) -> bytes | nil, err, kind  (data: as the cosocket's send)
 function Stream:send(data)
   local ok, cerr, ckind = check_open(self)
   if not ok then return nil, cerr, ckind end
   if type(data) ~= "string" then data = concat(flatten(data, {})) end
-  local len, pos = #data, 1
-  while pos <= len do
-    local piece = (pos == 1 and len <= WRITE_CHUNK) and data or data:sub(pos, pos + WRITE_CHUNK - 1)
-    local n, err, kind = drive(self, self.conn.write, piece)
-    if not n then
-      local e, k = failure(err, kind)
-      return nil, e, k
-    end
-    pos = pos + n
-  end
-  return len
+  local len, err, _, kind = stream.send(data, 1, #data, WRITE_CHUNK, write_piece, self)
+  if len then return len end
+  local e, k = failure(err, kind)
+  return nil, e, k
 end
 
-local function receive_line(self)
-  for _ = 1, MAX_ROUNDS do
-    local all = concat(self.buf)
-    self.buf = all ~= "" and { all } or {}
-    local nl = all:find("\n", 1, true)
-    if nl then
-      local line = take(self, nl):sub(1, -2)
-      return (line:gsub("\r", ""))
-    end
-    local ok, err, kind = more(self)
-    if not ok then
-      local e, k = failure(err, kind)
-      return nil, e, (take_all(self):gsub("\r", "")), k
-    end
-  end
-  return nil, "line too long", take_all(self), "ssl"
-end
-
-local function receive_count(self, n)
-  for _ = 1, MAX_ROUNDS do
-    if self.buffered >= n then return take(self, n) end
-    local ok, err, kind = more(self)
-    if not ok then
-      local e, k = failure(err, kind)
-      return nil, e, take_all(self), k
-    end
-  end
-  return nil, "too many rounds", take_all(self), "ssl"
-end
-
-local function receive_all(self)
-  if self.read_error and self.buffered == 0 then   -- the end was already delivered
+-- A pattern read (stream.receive), in the cosocket's shape.
+local function receive(self, how, n)
+  if how == "a" and self.read_error and self.rbuf.size == 0 then
+    -- the end was already delivered
     local e, k = failure(self.read_error[1], self.read_error[2])
     return nil, e, "", k
   end
-  for _ = 1, MAX_ROUNDS do
-    local ok, err, kind = more(self)
-    if not ok then
-      if kind == "closed" then return take_all(self) end   -- close_notify: the end of data
-      local e, k = failure(err, kind)
-      return nil, e, take_all(self), k
-    end
-  end
-  return nil, "too many rounds", take_all(self), "ssl"
+  local data, err, partial, kind = stream.receive(self.rbuf, how, n, MAX_ROUNDS, more, self)
+  if data then return data end
+  if how == "a" and kind == "closed" then return partial end   -- close_notify: the end of data
+  local e, k = failure(err, kind)
+  return nil, e, partial, k
 end
 
 --- stream:receive([pattern]) -> data | nil, err, partial, kind
@@ -482,17 +447,9 @@ function Stream:receive(pattern)
   local ok, cerr, ckind = check_open(self)
   if not ok then return nil, cerr, nil, ckind end
   if pattern == nil then pattern = "*l" end
-  if type(pattern) == "number" or (type(pattern) == "string" and tonumber(pattern)) then
-    local n = tonumber(pattern)
-    if n < 0 or n % 1 ~= 0 then
-      error("bad argument #2 to 'receive' (bad pattern argument: " .. tostring(pattern) .. ")", 2)
-    end
-    if n == 0 then return "" end
-    return receive_count(self, n)
-  end
-  if pattern == "*l" or pattern == "l" then return receive_line(self) end
-  if pattern == "*a" or pattern == "a" then return receive_all(self) end
-  error("bad argument #2 to 'receive' (bad pattern argument: " .. tostring(pattern) .. ")", 2)
+  local how, n = stream.pattern(pattern, true)
+  if how == "n" and n == 0 then return "" end
+  return receive(self, how, n)
 end
 
 --- stream:receiveany(max) -> data | nil, err, kind: what is ready (at most max bytes),
@@ -500,18 +457,18 @@ end
 function Stream:receiveany(max)
   local n = tonumber(max)
   if n == nil or n < 1 or n % 1 ~= 0 then
-    error("bad argument #2 to 'receiveany' (bad max argument: " .. tostring(max) .. ")", 2)
+    stream.argerror(1, "receiveany", "positive whole byte count expected, got " .. tostring(max))
   end
   local ok, cerr, ckind = check_open(self)
   if not ok then return nil, cerr, ckind end
-  if self.buffered == 0 then
+  if self.rbuf.size == 0 then
     local got, err, kind = more(self)
     if not got then
       local e, k = failure(err, kind)
       return nil, e, k
     end
   end
-  return take(self, min(n, self.buffered))
+  return self.rbuf:take(n)
 end
 
 --- stream:close() -> 1 | nil, err: close_notify (not waiting for the peer's), then the
@@ -651,7 +608,7 @@ function M.connect(sock, ctx, opts)
   end
   local conn = new_connection(ctx, o)
   local self = setmetatable({
-    sock = sock, conn = conn, buf = {}, buffered = 0, max_retries = 300, hs_ms = hs_ms,
+    sock = sock, conn = conn, rbuf = stream.buffer(), max_retries = 300, hs_ms = hs_ms,
     dict = dict, ctx = ctx, target = target,
   }, Stream)
   local ok, err, kind = handshake(self)

@@ -60,11 +60,11 @@
 
 local sslctx = require "sslctx"
 local socket = require "socket"
+local stream = require "sslctx.stream"
 
 local gettime = socket.gettime
 local select_ = socket.select
 local floor, min, max = math.floor, math.min, math.max
-local concat = table.concat
 local type, tostring, tonumber, pcall, error, pairs, next, select, setmetatable =
       type, tostring, tonumber, pcall, error, pairs, next, select, setmetatable
 
@@ -73,28 +73,13 @@ local M = { _VERSION = "sslctx.socket 0.1" }
 local Stream = {}
 Stream.__index = Stream
 
-local WRITE_CHUNK = 65536
+local WRITE_CHUNK = 65536   -- plaintext handed to conn:write() at once
 M.HANDSHAKE_TIMEOUT = 30   -- seconds, the whole handshake (opts.handshake_timeout)
 
 -- ---------------------------------------------------------------------------
 -- helpers
 
-local function get_new_connection(x) return x.new_connection end
-local function is_context(x)
-  if type(x) ~= "userdata" then return false end
-  local ok, f = pcall(get_new_connection, x)   -- no closure per call
-  return ok and type(f) == "function"
-end
-
-local function copy(t)
-  local r = {}
-  if t then for k, v in pairs(t) do r[k] = v end end
-  return r
-end
-
-local function argerror(n, fname, msg, level)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), (level or 2) + 1)
-end
+local is_context, copy, argerror = stream.is_context, stream.copy, stream.argerror
 
 -- LuaSocket's timeout arithmetic (timeout.c: timeout_get): the time the next wait may take,
 -- nil for "block".
@@ -142,7 +127,7 @@ local function cache_of(ctx)
   return c
 end
 
-function Stream:_save_session()
+local function save_session(self)
   if not self.cache or self.session_saved or not self.conn or self.closed_conn then return end
   local ok, sess = pcall(self.conn.session, self.conn)
   if ok and sess then
@@ -223,7 +208,7 @@ local function new_connection(ctx, o, fname, argn, level)
   error(conn, level + 1)
 end
 
-function Stream:_create_conn(fname, argn, level)
+local function create_conn(self, fname, argn, level)
   local o = copy(self.copts)
   o.socket = self.sock
   o.close = false   -- the stream closes the socket itself (see close)
@@ -246,9 +231,10 @@ function Stream:_create_conn(fname, argn, level)
   return self.conn
 end
 
-function Stream:_conn()
+-- The stream's connection, made now when sni() or setdane() put it off.
+local function conn_of(self)
   if self.conn then return self.conn end
-  return self:_create_conn()
+  return create_conn(self)
 end
 
 -- opts.handshake_timeout -> seconds, or nil for no deadline (raises at `level` when invalid).
@@ -294,7 +280,7 @@ local function wrap(sock, ctx, opts, fname, level)
   local self = setmetatable({
     sock = sock, ctx = ctx, copts = copts,
     block = -1, total = -1,
-    rbuf = "",
+    rbuf = stream.buffer(),   -- plaintext read and not yet received
     handshaken = false, started = false,
     wants = "nothing",
     hs_limit = hs,
@@ -306,7 +292,7 @@ local function wrap(sock, ctx, opts, fname, level)
   if side == "client" and copts.hostname == nil and copts.verify_hostname == nil then
     self.side = "client"
   else
-    self:_create_conn(fname, argn, level)
+    create_conn(self, fname, argn, level)
   end
   return self
 end
@@ -323,11 +309,13 @@ function M.wrap(sock, ctx, opts)
 end
 
 --- The default client context: verify the server ("always") against the system's roots.
+local default_ctx
+
 function M.default_context()
-  if not M._default_ctx then
-    M._default_ctx = assert(sslctx.new({ side = "client" }))
+  if not default_ctx then
+    default_ctx = assert(sslctx.new({ side = "client" }))
   end
-  return M._default_ctx
+  return default_ctx
 end
 
 --- connect(host, port, opts) -> stream (handshake done) | nil, message, kind
@@ -431,21 +419,21 @@ end
 -- handshake
 
 -- Past the handshake's deadline: a final failure, kind "timeout".
-function Stream:_handshake_expired()
+local function handshake_expired(self)
   local msg = ("timeout: the handshake did not finish within %g s"):format(self.hs_limit)
   self.hs_error = { msg, "timeout" }
   return nil, msg, "timeout"
 end
 
-function Stream:_handshake(start)
+local function handshake(self, start)
   if self.handshaken then return true end
   if self.hs_error then return nil, self.hs_error[1], self.hs_error[2] end
   if self.closed then return nil, "closed", "closed" end
-  local conn = self:_conn()
+  local conn = conn_of(self)
   self.started = true
   if self.hs_limit and not self.hs_deadline then self.hs_deadline = start + self.hs_limit end
   while true do
-    if self.hs_deadline and gettime() >= self.hs_deadline then return self:_handshake_expired() end
+    if self.hs_deadline and gettime() >= self.hs_deadline then return handshake_expired(self) end
     local ok, msg, kind = drive_handshake(self, conn)
     if ok and self.sni_map and not self.sni_ran then
       -- the map was never consulted: the context's callback was replaced after sni(map)
@@ -455,7 +443,7 @@ function Stream:_handshake(start)
     if ok then
       self.handshaken = true
       self.wants = "nothing"
-      self:_save_session()
+      save_session(self)
       return true
     end
     if kind == "want_read" or kind == "want_write" then
@@ -464,7 +452,7 @@ function Stream:_handshake(start)
       if not w then
         if werr then return nil, werr, "syscall" end
         if self.hs_deadline and gettime() >= self.hs_deadline then
-          return self:_handshake_expired()
+          return handshake_expired(self)
         end
         return nil, "timeout", "timeout"
       end
@@ -488,7 +476,7 @@ end
 --- dohandshake() -> true | nil, message, kind ("timeout" when the deadline passed; then
 -- want() tells which way the handshake waits).
 function Stream:dohandshake()
-  local ok, msg, kind = self:_handshake(gettime())
+  local ok, msg, kind = handshake(self, gettime())
   if not ok and kind == "timeout" and msg == "timeout" then msg = want_message(self, nil) end
   return ok, msg, kind
 end
@@ -496,17 +484,16 @@ end
 -- ---------------------------------------------------------------------------
 -- receive
 
--- Makes sure rbuf holds something: true, or nil, err, kind.  Decrypted data OpenSSL already
--- holds is always taken before waiting on the socket.
-function Stream:_get(start)
-  if #self.rbuf > 0 then return true end
+-- Reads more plaintext into rbuf: true, or nil, err, kind (stream.receive's `more`).
+-- Decrypted data OpenSSL already holds is always taken before waiting on the socket.
+local function fill(self, start)
   if self.rerror then return nil, self.rerror[1], self.rerror[2] end
   local conn = self.conn
   while true do
     local data, msg, kind = conn:read()
-    if self.cache and not self.session_saved then self:_save_session() end
+    if self.cache and not self.session_saved then save_session(self) end
     if data and #data > 0 then
-      self.rbuf = data
+      self.rbuf:push(data)
       self.wants = "nothing"
       return true
     end
@@ -528,16 +515,6 @@ function Stream:_get(start)
   end
 end
 
-local function take(self, n)
-  local b = self.rbuf
-  if n >= #b then
-    self.rbuf = ""
-    return b
-  end
-  self.rbuf = b:sub(n + 1)
-  return b:sub(1, n)
-end
-
 --- receive([pattern [, prefix]]) -> data | nil, err, partial, kind
 function Stream:receive(pattern, prefix)
   if pattern == nil then pattern = "*l" end
@@ -545,72 +522,52 @@ function Stream:receive(pattern, prefix)
     argerror(2, "receive", "string expected, got " .. type(prefix))
   end
   prefix = prefix and tostring(prefix) or ""
-  local how, wanted
-  if type(pattern) == "number" or (type(pattern) == "string" and tonumber(pattern)) then
-    wanted = tonumber(pattern)
-    if wanted < 0 then argerror(1, "receive", "invalid receive pattern") end
-    wanted = floor(wanted)
-    how = "n"
-  elseif pattern == "*l" or pattern == "l" then
-    how = "l"
-  elseif pattern == "*a" or pattern == "a" then
-    how = "a"
-  else
-    argerror(1, "receive", "invalid receive pattern")
-  end
+  local how, wanted = stream.pattern(pattern)
   if self.closed then return nil, "closed", prefix, "closed" end
   local start = gettime()
   if not self.handshaken then
-    local ok, msg, kind = self:_handshake(start)
+    local ok, msg, kind = handshake(self, start)
     if not ok then
       if kind == "timeout" and msg == "timeout" then msg = want_message(self, "read") end
       return nil, msg, prefix, kind
     end
   end
-  local parts = { prefix }
-  local ok, err, kind
-  if how == "n" then
-    ok = true
-    local size = #prefix
-    if size == 0 or wanted > size then
-      local need, total = wanted - size, 0
-      repeat
-        ok, err, kind = self:_get(start)
-        if not ok then break end
-        local piece = take(self, need - total)
-        parts[#parts + 1] = piece
-        total = total + #piece
-      until total >= need
-    end
-  elseif how == "a" then
-    local total = 0
-    while true do
-      ok, err, kind = self:_get(start)
-      if not ok then break end
-      local piece = take(self, #self.rbuf)
-      parts[#parts + 1] = piece
-      total = total + #piece
-    end
-    if err == "closed" and total > 0 then ok = true end
-  else -- line
-    while true do
-      ok, err, kind = self:_get(start)
-      if not ok then break end
-      local b = self.rbuf
-      local nl = b:find("\n", 1, true)
-      local piece = take(self, nl or #b)
-      if nl then piece = piece:sub(1, -2) end
-      parts[#parts + 1] = (piece:gsub("\r", ""))
-      if nl then break end
-    end
-  end
-  if ok then return concat(parts) end
+  -- a count includes the prefix (LuaSocket 3): one that the prefix covers reads nothing
+  if how == "n" and #prefix > 0 and wanted <= #prefix then return prefix end
+  local data, err, partial, kind = stream.receive(self.rbuf, how,
+    how == "n" and wanted - #prefix or nil, nil, fill, self, start)
+  if data then return prefix .. data end
+  -- "*a": the peer's close_notify ends the data; with nothing read, LuaSocket says "closed"
+  if how == "a" and err == "closed" and #partial > 0 then return prefix .. partial end
   if kind == "timeout" and err == "timeout" then err = want_message(self, "read") end
-  return nil, err, concat(parts), kind
+  return nil, err, prefix .. partial, kind
 end
 
 -- ---------------------------------------------------------------------------
 -- send
+
+-- One piece to the connection (stream.send's `write`): bytes taken, 0 after a wait, or
+-- nil, err, kind.
+local function write_piece(piece, self, start)
+  local n, msg, kind = self.conn:write(piece)
+  if n then
+    self.wants = "nothing"
+    return n
+  end
+  if kind == "want_write" or kind == "want_read" then
+    self.wants = kind == "want_read" and "read" or "write"
+    local w, werr = wait(self, kind == "want_read" and "r" or "w", start)
+    if not w then
+      if werr then return nil, werr, "syscall" end
+      return nil, want_message(self, "write"), "timeout"
+    end
+    return 0
+  end
+  -- "closed" only after the peer's close_notify; a reset or broken pipe is the core's
+  -- message (kind "syscall" or "eof")
+  if kind == "closed" then return nil, "closed", kind end
+  return nil, msg, kind
+end
 
 --- send(data [, i [, j]]) -> index of the last byte sent | nil, err, last index sent, kind
 function Stream:send(data, i, j)
@@ -630,40 +587,15 @@ function Stream:send(data, i, j)
   if self.closed then return nil, "closed", i - 1, "closed" end
   local start = gettime()
   if not self.handshaken then
-    local ok, msg, kind = self:_handshake(start)
+    local ok, msg, kind = handshake(self, start)
     if not ok then
       if kind == "timeout" and msg == "timeout" then msg = want_message(self, "write") end
       return nil, msg, i - 1, kind
     end
   end
-  local conn = self.conn
-  local pos = i
-  local chunk, chunk_from
-  while pos <= j do
-    local last = min(j, pos + WRITE_CHUNK - 1)
-    if chunk_from ~= pos or #chunk ~= last - pos + 1 then
-      chunk = (pos == 1 and last == size) and data or data:sub(pos, last)
-      chunk_from = pos
-    end
-    local n, msg, kind = conn:write(chunk)
-    if n then
-      pos = pos + n
-      self.wants = "nothing"
-    elseif kind == "want_write" or kind == "want_read" then
-      self.wants = kind == "want_read" and "read" or "write"
-      local w, werr = wait(self, kind == "want_read" and "r" or "w", start)
-      if not w then
-        if werr then return nil, werr, pos - 1, "syscall" end
-        return nil, want_message(self, "write"), pos - 1, "timeout"
-      end
-    else
-      -- "closed" only after the peer's close_notify; a reset or broken pipe is the core's
-      -- message (kind "syscall" or "eof")
-      if kind == "closed" then return nil, "closed", pos - 1, kind end
-      return nil, msg, pos - 1, kind
-    end
-  end
-  return pos - 1
+  local last, err, sent, kind = stream.send(data, i, j, WRITE_CHUNK, write_piece, self, start)
+  if last then return last end
+  return nil, err, sent, kind
 end
 
 -- ---------------------------------------------------------------------------
@@ -699,12 +631,12 @@ function Stream:close()
       -- (LuaSocket sockets are non-blocking), then keep the newest session.
       self.session_saved = false
       pcall(conn.read, conn)
-      self:_save_session()
+      save_session(self)
     end
     pcall(conn.close, conn)
     self.closed_conn = true
   end
-  self.rbuf = ""
+  self.rbuf:clear()
   self.sock:close()
   return 1
 end
@@ -719,7 +651,7 @@ end
 -- loop must read it before waiting on the socket (socket.select treats it as readable).
 function Stream:dirty()
   if self.closed then return false end
-  if #self.rbuf > 0 then return true end
+  if self.rbuf.size > 0 then return true end
   local conn = self.conn
   if not conn then return false end
   local ok, n = pcall(conn.pending_plaintext, conn)
@@ -735,7 +667,7 @@ end
 -- peer, session, information
 
 function Stream:connection()
-  return self:_conn()
+  return conn_of(self)
 end
 
 local function live_conn(self)
@@ -886,7 +818,7 @@ function Stream:setdane(base, flags)
   if self.copts.hostname == nil then self.copts.hostname = base end
   local conn = self.conn
   if not conn then
-    self:_create_conn()   -- applies self.dane
+    create_conn(self)   -- applies self.dane
     local e = self.hs_error
     if not e then return true end
     self.hs_error, self.dane = nil, nil
@@ -907,7 +839,7 @@ end
 function Stream:settlsa(usage, selector, mtype, data)
   if not self.dane then error("settlsa: call setdane first", 2) end
   if self.started then error("settlsa: the handshake has already started", 2) end
-  local ok, msg, kind = self:_conn():add_tlsa(usage, selector, mtype, data)
+  local ok, msg, kind = conn_of(self):add_tlsa(usage, selector, mtype, data)
   if not ok then return nil, msg, kind end
   local list = self.dane.tlsa
   list[#list + 1] = { usage, selector, mtype, data }
