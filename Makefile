@@ -90,7 +90,8 @@ test:
 	  fi; \
 	  echo "=== $$lua: $$("$$lua" -v 2>&1 | head -n 1)"; \
 	  log="build/test-$$lua.log"; \
-	  LUA_CPATH="build/$$lua/?.so;;" "$$lua" $(BUSTED) </dev/null 2>&1 | tee "$$log"; \
+	  once=run; [ -z "$$ran" ] || once=skip; \
+	  SSLCTX_ONCE_PER_RUN=$$once LUA_CPATH="build/$$lua/?.so;;" "$$lua" $(BUSTED) </dev/null 2>&1 | tee "$$log"; \
 	  rc=$${PIPESTATUS[0]}; ran="$$ran $$lua"; \
 	  line=$$(LC_ALL=C sed 's/\x1b\[[0-9;]*m//g' "$$log" | grep -a -E '^[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' | tail -n 1); \
 	  if [ -z "$$line" ]; then \

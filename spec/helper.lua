@@ -43,6 +43,11 @@ helper.unpack = unpack
 -- what an event loop finishes within a wait read it.
 helper.forced_gc = os.getenv("SSLCTX_GC_EVERY") ~= nil
 
+-- False under `make test` for every interpreter but the first it runs: spec files whose
+-- outcome does not depend on the interpreter driving them (nginx runs its own LuaJIT) run
+-- once per `make test`, and whenever run alone.
+helper.first_interpreter = os.getenv("SSLCTX_ONCE_PER_RUN") ~= "skip"
+
 -- The Makefile exports SSLCTX_PKI_DIR (an absolute build/pki); default: build/pki.
 helper.PKI_DIR = os.getenv("SSLCTX_PKI_DIR") or "build/pki"
 helper.NONE = setmetatable({}, { __tostring = function() return "helper.NONE" end })

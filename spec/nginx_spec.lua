@@ -3,8 +3,9 @@
 -- Runs under any interpreter: nginx runs the module's LuaJIT build, and this file drives it
 -- from outside with curl and `openssl s_client`.  nginx listens on 127.0.0.1 ports picked
 -- free, under a temporary prefix (spec/support/nginx.lua), with the test PKI plus one server
--- certificate for the SNI names made here.  Skipped (one visible pending) only when nginx,
--- its lua module or the LuaJIT development files are missing.
+-- certificate for the SNI names made here.  Skipped (one visible pending) when nginx, its
+-- lua module or the LuaJIT development files are missing, and under `make test`'s second and
+-- later interpreters (what it tests does not depend on the one driving it).
 local helper = require "helper"
 local ng = require "support.nginx"
 
@@ -12,6 +13,9 @@ local q = helper.sh_quote
 local has_socket, socket = pcall(require, "socket")
 
 local available, why = ng.available()
+if available and not helper.first_interpreter then
+  available, why = false, "nginx runs its own LuaJIT: run once per make test, under its first interpreter"
+end
 if not available then
   describe("sslctx.ngx in nginx", function()
     pending("skipped: " .. why)
