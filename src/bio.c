@@ -4,8 +4,9 @@
  *   MSG_NOSIGNAL, and falls back to read/write for non-sockets (pipes), where write(2) runs
  *   with SIGPIPE blocked in the calling thread and a SIGPIPE it raised is taken back before
  *   the mask is restored: the failure is EPIPE (kind "syscall"), never a dead process.
- * - outbox: the memory transport's write side.  drain() makes its Lua string straight from
- *   this buffer, one copy, where a BIO_s_mem would need a BIO_read into a bounce buffer first.
+ * - outbox and inbox: the memory transport's two sides.  drain() makes its Lua string
+ *   straight from the outbox, one copy, where a BIO_s_mem would need a BIO_read into a bounce
+ *   buffer first; both free their buffer once empty, which a BIO_s_mem never does.
  */
 #define _GNU_SOURCE 1
 #include <errno.h>
@@ -154,115 +155,161 @@ BIO *sx_fd_bio_new(int fd) {
   return b;
 }
 
-/* ---- outbox: SSL -> drain() ---------------------------------------------- */
+/* ---- the memory transport's buffers ------------------------------------- */
 
-/* Once drained, a buffer past this size is freed: an idle connection keeps at most this much,
- * and one burst does not pin its memory. */
-#define OUTBOX_KEEP 2048
+/* Both directions hold bytes in a membuf that is freed as soon as it is empty and larger than
+ * MEMBUF_KEEP: an idle connection keeps no flight or burst (a BIO_s_mem keeps the capacity
+ * of the largest flight it ever held), and one burst does not pin its memory.  A buffer
+ * that empties while bulk data flows comes back at its previous size at once (`hint`),
+ * instead of growing again by doubling, copying what it holds each time. */
+#define MEMBUF_KEEP 2048
+#define MEMBUF_HINT_MAX (256 * 1024)
 
-typedef struct outbox {
+typedef struct membuf {
   char *buf;
   size_t off, len, cap;   /* unread bytes are buf[off .. len) */
-} outbox;
+  size_t hint;            /* capacity when last freed (bounded): the next bulk allocation */
+  int eof_return;         /* inbox: what a read of an empty buffer returns (-1: retry) */
+} membuf;
 
-static int outbox_reserve(outbox *o, size_t n) {
+static int membuf_reserve(membuf *m, size_t n) {
   size_t need, cap;
   char *nb;
-  if (o->off > 0 && o->cap - o->len < n) {   /* slide the unread part down first */
-    memmove(o->buf, o->buf + o->off, o->len - o->off);
-    o->len -= o->off;
-    o->off = 0;
+  if (m->off > 0 && m->cap - m->len < n) {   /* slide the unread part down first */
+    memmove(m->buf, m->buf + m->off, m->len - m->off);
+    m->len -= m->off;
+    m->off = 0;
   }
-  if (o->cap - o->len >= n) return 1;
-  need = o->len + n;
-  if (need < o->len || need > ((size_t)-1) / 2) return 0;
-  if (o->cap == 0) {
-    cap = (need + 255) & ~(size_t)255;   /* sized to the first write */
+  if (m->cap - m->len >= n) return 1;
+  need = m->len + n;
+  if (need < m->len || need > ((size_t)-1) / 2) return 0;
+  if (m->cap == 0) {
+    cap = (need + 255) & ~(size_t)255;   /* sized to the first write... */
+    if (need > MEMBUF_KEEP && m->hint > cap) cap = m->hint;   /* ...or to the last burst */
   } else {
-    cap = o->cap;
+    cap = m->cap;
     while (cap < need) cap *= 2;
   }
-  nb = (char *)realloc(o->buf, cap);
+  nb = (char *)realloc(m->buf, cap);
   if (nb == NULL) return 0;
-  o->buf = nb;
-  o->cap = cap;
+  m->buf = nb;
+  m->cap = cap;
   return 1;
 }
 
-static int outbox_write(BIO *b, const char *data, int len) {
-  outbox *o = (outbox *)BIO_get_data(b);
-  BIO_clear_retry_flags(b);
-  if (len <= 0) return 0;
-  if (!outbox_reserve(o, (size_t)len)) return -1;   /* SSL reports the failed write */
-  memcpy(o->buf + o->len, data, (size_t)len);
-  o->len += (size_t)len;
-  return len;
+static int membuf_append(membuf *m, const char *data, size_t n) {
+  if (!membuf_reserve(m, n)) return 0;
+  memcpy(m->buf + m->len, data, n);
+  m->len += n;
+  return 1;
 }
 
-/* What is waiting, without taking it (drain pushes it, then consumes). */
-const char *sx_outbox_peek(BIO *b, size_t *n) {
-  outbox *o = (outbox *)BIO_get_data(b);
-  *n = o->len - o->off;
-  return *n > 0 ? o->buf + o->off : "";   /* never NULL: callers may hand it to memcpy */
-}
-
-void sx_outbox_consume(BIO *b, size_t n) {
-  outbox *o = (outbox *)BIO_get_data(b);
-  if (n > o->len - o->off) n = o->len - o->off;
-  o->off += n;
-  if (o->off < o->len) return;
-  o->off = o->len = 0;
-  if (o->cap > OUTBOX_KEEP) {
-    free(o->buf);
-    o->buf = NULL;
-    o->cap = 0;
+static void membuf_consume(membuf *m, size_t n) {
+  if (n > m->len - m->off) n = m->len - m->off;
+  m->off += n;
+  if (m->off < m->len) return;
+  m->off = m->len = 0;
+  if (m->cap > MEMBUF_KEEP) {
+    m->hint = m->cap < MEMBUF_HINT_MAX ? m->cap : MEMBUF_HINT_MAX;
+    free(m->buf);
+    m->buf = NULL;
+    m->cap = 0;
   }
 }
 
-/* Write-only: SSL never reads its wbio, and drain() uses peek/consume. */
-static long outbox_ctrl(BIO *b, int cmd, long num, void *ptr) {
-  outbox *o = (outbox *)BIO_get_data(b);
-  (void)num;
+static int membuf_create(BIO *b) {
+  membuf *m = (membuf *)OPENSSL_zalloc(sizeof *m);
+  if (m == NULL) return 0;
+  m->eof_return = -1;
+  BIO_set_data(b, m);
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static int membuf_destroy(BIO *b) {
+  membuf *m = (membuf *)BIO_get_data(b);
+  if (m != NULL) free(m->buf);
+  OPENSSL_free(m);
+  BIO_set_data(b, NULL);
+  return 1;
+}
+
+static long membuf_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  membuf *m = (membuf *)BIO_get_data(b);
   (void)ptr;
   switch (cmd) {
   case BIO_CTRL_PENDING:
-  case BIO_CTRL_WPENDING: return (long)(o->len - o->off);
+  case BIO_CTRL_WPENDING: return (long)(m->len - m->off);
+  case BIO_CTRL_EOF: return m->len == m->off && m->eof_return == 0;
+  case BIO_C_SET_BUF_MEM_EOF_RETURN: m->eof_return = (int)num; return 1;
   case BIO_CTRL_FLUSH: return 1;
   default: return 0;
   }
 }
 
-static int outbox_create(BIO *b) {
-  outbox *o = (outbox *)OPENSSL_zalloc(sizeof *o);
-  if (o == NULL) return 0;
-  BIO_set_data(b, o);
-  BIO_set_init(b, 1);
-  return 1;
+/* Both write: the outbox is SSL's output (drain() uses peek/consume), the inbox what
+ * feed() gives SSL to read. */
+static int membuf_write(BIO *b, const char *data, int len) {
+  BIO_clear_retry_flags(b);
+  if (len <= 0) return 0;
+  if (!membuf_append((membuf *)BIO_get_data(b), data, (size_t)len)) return -1;
+  return len;
 }
 
-static int outbox_destroy(BIO *b) {
-  outbox *o = (outbox *)BIO_get_data(b);
-  if (o != NULL) free(o->buf);
-  OPENSSL_free(o);
-  BIO_set_data(b, NULL);
-  return 1;
+/* outbox: drain() makes its Lua string straight from the buffer (one copy). */
+const char *sx_outbox_peek(BIO *b, size_t *n) {
+  membuf *m = (membuf *)BIO_get_data(b);
+  *n = m->len - m->off;
+  return *n > 0 ? m->buf + m->off : "";   /* never NULL: callers may hand it to memcpy */
 }
 
-static BIO_METHOD *outbox_method = NULL;
-static CRYPTO_ONCE outbox_method_once = CRYPTO_ONCE_STATIC_INIT;
+void sx_outbox_consume(BIO *b, size_t n) {
+  membuf_consume((membuf *)BIO_get_data(b), n);
+}
 
-static void outbox_method_init(void) {
-  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sslctx outbox");
-  if (m == NULL) return;
-  BIO_meth_set_write(m, outbox_write);
-  BIO_meth_set_ctrl(m, outbox_ctrl);
-  BIO_meth_set_create(m, outbox_create);
-  BIO_meth_set_destroy(m, outbox_destroy);
-  outbox_method = m;   /* process-wide and never freed, as fd_method */
+/* inbox: an empty buffer is "retry" until feed(nil) sets the end (BIO_set_mem_eof_return). */
+static int inbox_read(BIO *b, char *out, int len) {
+  membuf *m = (membuf *)BIO_get_data(b);
+  size_t avail = m->len - m->off, n = len > 0 ? (size_t)len : 0;
+  BIO_clear_retry_flags(b);
+  if (avail == 0) {
+    if (m->eof_return != 0) BIO_set_retry_read(b);
+    return m->eof_return;
+  }
+  if (n > avail) n = avail;
+  memcpy(out, m->buf + m->off, n);
+  membuf_consume(m, n);
+  return (int)n;
+}
+
+static BIO_METHOD *outbox_method = NULL, *inbox_method = NULL;
+static CRYPTO_ONCE membuf_methods_once = CRYPTO_ONCE_STATIC_INIT;
+
+static BIO_METHOD *membuf_method_new(const char *name, int readable) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, name);
+  if (m == NULL) return NULL;
+  BIO_meth_set_write(m, membuf_write);
+  if (readable) BIO_meth_set_read(m, inbox_read);
+  BIO_meth_set_ctrl(m, membuf_ctrl);
+  BIO_meth_set_create(m, membuf_create);
+  BIO_meth_set_destroy(m, membuf_destroy);
+  return m;
+}
+
+static void membuf_methods_init(void) {
+  /* process-wide and never freed, as fd_method */
+  outbox_method = membuf_method_new("sslctx outbox", 0);
+  inbox_method = membuf_method_new("sslctx inbox", 1);
 }
 
 BIO *sx_outbox_new(void) {
-  if (!CRYPTO_THREAD_run_once(&outbox_method_once, outbox_method_init) || outbox_method == NULL)
+  if (!CRYPTO_THREAD_run_once(&membuf_methods_once, membuf_methods_init) || outbox_method == NULL)
     return NULL;
   return BIO_new(outbox_method);
+}
+
+BIO *sx_inbox_new(void) {
+  if (!CRYPTO_THREAD_run_once(&membuf_methods_once, membuf_methods_init) || inbox_method == NULL)
+    return NULL;
+  return BIO_new(inbox_method);
 }

@@ -1025,7 +1025,7 @@ static void setup_transport(lua_State *L, sx_conn *conn, int obj, int opts, int 
 
 static void attach_transport(lua_State *L, sx_conn *conn) {
   if (conn->transport == SX_T_MEMORY) {
-    conn->rbio = BIO_new(BIO_s_mem());
+    conn->rbio = sx_inbox_new();
     conn->wbio = sx_outbox_new();
     if (conn->rbio == NULL || conn->wbio == NULL) {
       BIO_free(conn->rbio);

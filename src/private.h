@@ -339,6 +339,7 @@ void sx_connection_open(lua_State *L);
 void sx_conninfo_open(lua_State *L);   /* conninfo.c: after sx_connection_open */
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */
 BIO *sx_outbox_new(void);      /* bio.c: the memory transport's write side */
+BIO *sx_inbox_new(void);       /* bio.c: the memory transport's read side */
 const char *sx_outbox_peek(BIO *b, size_t *n);
 void sx_outbox_consume(BIO *b, size_t n);
 sx_conn *sx_conn_new_borrowed(lua_State *L, SSL *ssl, lua_State *thread);  /* pushes it */
