@@ -319,7 +319,7 @@ void sx_ctx_update_new_cb(sx_ctx *c);
 int sx_alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                       const unsigned char *in, unsigned int inlen, void *arg);
 int sx_client_hello_cb(SSL *ssl, int *alert, void *arg);
-/* connection.c: the servername callback moves the connection to the context at nc_idx. */
+/* conn_policy.c: the servername callback moves the connection to the context at nc_idx. */
 void sx_conn_switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx);
 
 /* ---- trust.c: trust stores and their identities ------------------------- */
@@ -335,8 +335,27 @@ void sx_trust_digest_objects(X509_STORE *store, unsigned char id[32]);
  * of its own, before the context changes it. */
 void sx_trust_pin_client_ca(lua_State *L, SSL_CTX *ctx);
 
+/* ---- the connection class: connection.c, conn_io.c, conn_policy.c, conninfo.c ---- */
+
+extern const char *const sx_conn_side_names[];   /* "client", "server" */
 void sx_connection_open(lua_State *L);
 void sx_conninfo_open(lua_State *L);   /* conninfo.c: after sx_connection_open */
+int sx_connection_new(lua_State *L);   /* ctx:new_connection([opts]) */
+sx_conn *sx_conn_check(lua_State *L, int arg);   /* raises unless an open connection */
+/* Adds methods to the class (after sx_connection_open registered it). */
+void sx_conn_add_methods(lua_State *L, const luaL_Reg *methods);
+extern const luaL_Reg sx_conn_io_methods[];       /* conn_io.c: the driving calls */
+extern const luaL_Reg sx_conn_policy_methods[];   /* conn_policy.c: the policy setters */
+/* The busy rule (connection.c): a method that uses the SSL across an allocation holds the
+ * connection busy; a close() asked meanwhile happens at the last sx_conn_busy_end. */
+static inline void sx_conn_busy_begin(sx_conn *conn) {
+  conn->busy++;
+}
+void sx_conn_busy_end(lua_State *L, sx_conn *conn);
+/* The LuaSocket object of the connection at obj was closed under it: marks it failed. */
+int sx_conn_socket_gone(lua_State *L, sx_conn *conn, int obj, int protected_call);
+/* Every per-connection setter of the policy starts with this (conn_policy.c). */
+sx_conn *sx_conn_policy_check(lua_State *L, const char *what);
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */
 BIO *sx_outbox_new(void);      /* bio.c: the memory transport's write side */
 const char *sx_outbox_peek(BIO *b, size_t *n);
@@ -348,9 +367,9 @@ int sx_hook_borrow(lua_State *L);
 void sx_hook_detach(sx_conn *conn);
 void sx_hook_clear_request(lua_State *L);
 void sx_hook_report(sx_conn *conn, int base);
-sx_conn *sx_conn_check(lua_State *L, int arg);
 
 void sx_session_open(lua_State *L);
+int sx_session_new(lua_State *L);   /* sslctx.session(der) */
 void sx_session_push(lua_State *L, SSL_SESSION *s);   /* up-refs s */
 SSL_SESSION *sx_session_test(lua_State *L, int arg);
 
