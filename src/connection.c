@@ -3,7 +3,6 @@
  * busy rule and close, its own trust store, and the connection class.  The driving calls are
  * in conn_io.c, the policy setters in conn_policy.c, what it tells in conninfo.c. */
 #include <string.h>
-#include <errno.h>
 #include <unistd.h>
 #include <limits.h>
 #include "private.h"
@@ -245,7 +244,6 @@ static int conn_set_trust(lua_State *L) {
   return 1;
 }
 
-
 /* conn:set_logger(fn(message)): where a borrowed connection's callback errors go. */
 static int conn_set_logger(lua_State *L) {
   sx_conn_check(L, 1);
@@ -280,7 +278,6 @@ sx_conn *sx_conn_new_borrowed(lua_State *L, SSL *ssl, lua_State *thread) {
   sx_objects_set(L, conn, -1);
   return conn;
 }
-
 
 static const char *const conn_option_names[] = {
   "fd", "socket", "close", "side", "session", "buffer_limit", "hostname", "verify_hostname", NULL

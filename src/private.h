@@ -216,11 +216,10 @@ void sx_digest_update(sx_digest *d, const void *p, size_t n);
 int sx_digest_final(sx_digest *d, unsigned char out[32]);
 void sx_digest_mix(unsigned char digest[32], const char *what, const void *p, size_t n);
 
-/* ---- x509.c / pkey.c -------------------------------------------------- */
+/* ---- x509.c / pkey.c / loaders.c ---------------------------------------- */
 
 void sx_x509_open(lua_State *L);                 /* registers metatables */
 void sx_x509_push(lua_State *L, X509 *x);        /* up-refs x */
-X509 *sx_x509_check(lua_State *L, int arg);      /* raises unless an open x509 */
 X509 *sx_x509_test(lua_State *L, int arg);       /* NULL unless an open x509 */
 /* Loads one or more certificates (PEM text, PEM/DER file, or an x509 object) at arg.
  * Returns a stack of up-ref'd certificates (leaf first), or NULL with nil,msg,kind pushed. */
@@ -373,23 +372,51 @@ int sx_session_new(lua_State *L);   /* sslctx.session(der) */
 void sx_session_push(lua_State *L, SSL_SESSION *s);   /* up-refs s */
 SSL_SESSION *sx_session_test(lua_State *L, int arg);
 
-/* ---- added by x509.c/pkey.c --------------------------------------------- */
+/* ---- added by loaders.c/pkey.c ------------------------------------------ */
 
 int sx_x509_new(lua_State *L);    /* sslctx.x509(pem_or_der) */
 int sx_crl_new(lua_State *L);     /* sslctx.crl(pem_or_der) */
 int sx_pkey_new(lua_State *L);    /* sslctx.pkey(pem_or_der [, password]) */
 
-/* x509.c's helpers that pkey.c shares.  A memory BIO owned by a holder pushed on the Lua
- * stack, so that a Lua error while it is in use frees it: NULL when out of memory (the
- * holder is pushed all the same).  _result replaces the holder on top by the BIO's
- * contents; _pop frees it and pops it. */
+/* ---- loaders.c: what x509.c and pkey.c share ----------------------------- */
+
+void sx_loaders_open(lua_State *L);   /* before sx_x509_open and sx_pkey_open */
+/* A C resource owned by the Lua stack: pushed empty before the resource is acquired, so that
+ * a Lua error while it is in use frees it (at collection). */
+typedef struct sx_holder {
+  void *p;
+  void (*free_fn)(void *p);
+} sx_holder;
+sx_holder *sx_holder_push(lua_State *L);
+void sx_holder_release(sx_holder *h);   /* frees p now; the holder stays on the stack */
+/* A memory BIO in a holder: NULL when out of memory (the holder is pushed all the same).
+ * _result replaces the holder on top by the BIO's contents; _pop frees it and pops it. */
 BIO *sx_membio_push(lua_State *L);
 void sx_membio_result(lua_State *L);
 void sx_membio_pop(lua_State *L);
-/* The file's bytes in a memory BIO; NULL with nil, "<what>: <path>: <reason>", "file"
- * pushed. */
-BIO *sx_open_file(lua_State *L, const char *path, size_t path_len, const char *what);
+/* An object of class mt holding one OpenSSL pointer, pushed closed (NULL): the caller fills
+ * it.  _test: the pointer of an open one at arg, else NULL. */
+void **sx_box_new(lua_State *L, const char *mt);
+void *sx_box_test(lua_State *L, int arg, const char *mt);
+void *sx_box_take(lua_State *L, const char *mt);   /* closes the one at 1: its pointer */
+/* For "expected, got ..." messages: the value's class (__name) when it has one. */
+const char *sx_type_name(lua_State *L, int idx);
 int sx_is_der(const char *s, size_t len);   /* starts as a DER SEQUENCE does */
+/* The bytes the string at idx stands for: PEM text as it is, anything else names a PEM/DER
+ * file, read whole.  1, or 0 with nil, msg, "file" pushed; sx_input_close after a 1. */
+typedef struct sx_input {
+  const char *s;
+  size_t len;
+  const char *path;   /* the file's name; NULL for PEM text */
+  BIO *mem;           /* holds a file's bytes */
+} sx_input;
+int sx_input_open(lua_State *L, int idx, const char *what, sx_input *in);
+void sx_input_close(sx_input *in);
+/* OpenSSL's pem_password_cb over an sx_password (u): asks its string or function, protected;
+ * a failure is kept in pw (failed, err_index) and the callback says no. */
+int sx_password_cb(char *buf, int size, int rwflag, void *u);
+/* ---- core.c: failure triples -------------------------------------------- */
+
 /* Push nil, message, kind and return 3: a formatted message, or "<what>[: <path>]: " and
  * the drained OpenSSL error queue. */
 int sx_push_failure(lua_State *L, const char *kind, const char *fmt, ...);
