@@ -742,7 +742,7 @@ describe("bad input regressions #badinput", function()
     end
   end
 
-  -- Loader errors (src/x509.c check_item) are raised at the value's *stack index*, which is
+  -- Loader errors (src/loaders.c check_item) are raised at the value's *stack index*, which is
   -- the argument number only when the value is itself an argument: inside an options table
   -- or a list, the message blames an argument that does not exist and names no option.
   it("a bad certificate list inside sslctx.new's options blames argument #1 and names the option", function()
@@ -859,7 +859,7 @@ describe("bad input regressions #badinput", function()
   -- A peer certificate with an extension OpenSSL cannot parse (here a subjectAltName whose
   -- DER is garbage) is rejected by verification with code 20, but the error queue's oldest
   -- entry is X509V3's "invalid certificate", queued before SSL's "certificate verify failed";
-  -- push_ssl_failure (src/connection.c) classifies by the oldest entry only and reports kind
+  -- push_ssl_failure (src/conn_io.c) classifies by the oldest entry only and reports kind
   -- "ssl".  doc/reference.md: a rejected peer certificate is kind "verify".  x509-limbo's
   -- rfc5280::san::malformed, ::duplicate-extensions and ::root-inconsistent-ca-extensions
   -- show the same (spec/limbo_spec.lua).
@@ -921,7 +921,7 @@ describe("bad input regressions #badinput", function()
     assert.are.equal("DHE-RSA-AES128-GCM-SHA256", c:cipher())
   end)
 
-  -- The internal "sslctx.holder" class (x509.c: a C resource owned by the Lua stack) is
+  -- The internal "sslctx.holder" class (loaders.c: a C resource owned by the Lua stack) is
   -- registered under its name, so debug.getregistry() reaches its __gc, which trusts its
   -- argument: holder_gc(123) dereferences NULL, holder_gc(<a context>) reads a context as a
   -- holder and calls a function pointer from it.  Only the debug library gets there (low

@@ -9,7 +9,7 @@
  *   1. sx_callback_run: the first failure's message stays on conn->L's stack (later ones
  *      are dropped); conn->cb_failed, cb_name and cb_err_index record it, and the C callback
  *      returns OpenSSL's "fail" value (an alert);
- *   2. the driving call (connection.c), once OpenSSL has returned, sees cb_failed and returns
+ *   2. the driving call (conn_io.c), once OpenSSL has returned, sees cb_failed and returns
  *      sx_push_callback_failure: nil, "<name> callback: <message>", "callback";
  *   3. drive_begin resets the three fields before the next driving call.
  * Callbacks whose failure is only a miss (the session store) use sx_callback_run_logged:

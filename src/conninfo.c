@@ -1,10 +1,10 @@
-/* conninfo.c: what a connection can tell after (or set before) its handshake beyond the
- * basics of connection.c: the cipher's description, exported keying material (RFC 5705 /
- * RFC 8446 7.5), the Finished messages (channel bindings), and DANE (RFC 6698/7671).
+/* conninfo.c: what a connection can tell after (or set before) its handshake: the peer's
+ * certificate and chains, the verification result, version, cipher and its description, ALPN,
+ * server name, session, exported keying material (RFC 5705 / RFC 8446 7.5), the Finished
+ * messages (channel bindings), and DANE (RFC 6698/7671).
  *
  * The methods join the "sslctx.connection" class: sx_conninfo_open runs after
- * sx_connection_open and adds them to its __index table, each with the metatable as upvalue
- * 1 (what sx_conn_check compares against, as sx_register_class arranges). */
+ * sx_connection_open and adds them (sx_conn_add_methods). */
 #include <string.h>
 #include "private.h"
 
@@ -13,9 +13,137 @@
 #define SX_EKM_MAX 16384
 #define SX_TLSA_MAX 16384
 
-/* Bytes the SSL owns are copied onto the C stack before anything is pushed: a push may run
- * a finalizer that closes this connection (and frees them), and the method must still
- * finish with what it read (the rule connection.c keeps with its busy count). */
+/* ---- after the handshake ------------------------------------------------ */
+
+static X509 *peer_certificate(sx_conn *conn) {
+  X509 *x = sx_get1_peer_certificate(conn->ssl);
+  if (x == NULL && conn->first_peer != NULL && (conn->policy.mode & SSL_VERIFY_CLIENT_ONCE)) {
+    X509_up_ref(conn->first_peer);   /* "once": the first handshake's certificate stays */
+    x = conn->first_peer;
+  }
+  return x;
+}
+
+static int conn_peer_certificate(lua_State *L) {
+  X509 *x = peer_certificate(sx_conn_check(L, 1));
+  if (x == NULL) {
+    lua_pushnil(L);
+  } else {
+    sx_x509_push(L, x);
+    X509_free(x);
+  }
+  return 1;
+}
+
+static void push_cert_list(lua_State *L, STACK_OF(X509) *sk, X509 *first) {
+  int i, n = 0;
+  lua_newtable(L);
+  if (first != NULL && (sk_X509_num(sk) == 0 || X509_cmp(sk_X509_value(sk, 0), first) != 0)) {
+    sx_x509_push(L, first);
+    lua_rawseti(L, -2, ++n);
+  }
+  for (i = 0; i < sk_X509_num(sk); i++) {
+    sx_x509_push(L, sk_X509_value(sk, i));
+    lua_rawseti(L, -2, ++n);
+  }
+}
+
+static int conn_peer_chain(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  STACK_OF(X509) *sk = SSL_get_peer_cert_chain(conn->ssl);
+  X509 *leaf = peer_certificate(conn);
+  if (sk == NULL && leaf == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  sx_conn_busy_begin(conn);   /* sk belongs to the session, which close() may free */
+  push_cert_list(L, sk, leaf);   /* a server's chain lacks the leaf: the contract includes it */
+  sx_conn_busy_end(L, conn);
+  X509_free(leaf);
+  return 1;
+}
+
+static int conn_verified_chain(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  STACK_OF(X509) *sk = SSL_get0_verified_chain(conn->ssl);
+  if (sk == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  sx_conn_busy_begin(conn);
+  push_cert_list(L, sk, NULL);
+  sx_conn_busy_end(L, conn);
+  return 1;
+}
+
+static int conn_verify_result(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  long code = SSL_get_verify_result(conn->ssl);
+  X509 *peer = peer_certificate(conn);
+  lua_pushinteger(L, code);
+  lua_pushstring(L, X509_verify_cert_error_string(code));
+  lua_pushboolean(L, peer != NULL && code == X509_V_OK);
+  X509_free(peer);
+  return 3;
+}
+
+static int conn_version(lua_State *L) {
+  lua_pushstring(L, SSL_get_version(sx_conn_check(L, 1)->ssl));
+  return 1;
+}
+
+static int conn_cipher(lua_State *L) {
+  const SSL_CIPHER *c = SSL_get_current_cipher(sx_conn_check(L, 1)->ssl);
+  if (c == NULL) lua_pushnil(L);
+  else lua_pushstring(L, SSL_CIPHER_get_name(c));
+  return 1;
+}
+
+/* Pushes len bytes at p, which the SSL owns, with the connection busy. */
+static void push_owned(lua_State *L, sx_conn *conn, const void *p, size_t len) {
+  sx_conn_busy_begin(conn);
+  lua_pushlstring(L, (const char *)p, len);
+  sx_conn_busy_end(L, conn);
+}
+
+static int conn_alpn(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  const unsigned char *p = NULL;
+  unsigned int len = 0;
+  SSL_get0_alpn_selected(conn->ssl, &p, &len);
+  if (p == NULL || len == 0) lua_pushnil(L);
+  else push_owned(L, conn, p, len);
+  return 1;
+}
+
+static int conn_servername(lua_State *L) {
+  sx_conn *conn = sx_conn_check(L, 1);
+  const char *name = SSL_get_servername(conn->ssl, TLSEXT_NAMETYPE_host_name);
+  if (name == NULL) lua_pushnil(L);
+  else push_owned(L, conn, name, strlen(name));
+  return 1;
+}
+
+static int conn_session_reused(lua_State *L) {
+  lua_pushboolean(L, SSL_session_reused(sx_conn_check(L, 1)->ssl));
+  return 1;
+}
+
+static int conn_session(lua_State *L) {
+  SSL_SESSION *s = SSL_get1_session(sx_conn_check(L, 1)->ssl);
+  if (s == NULL || !SSL_SESSION_is_resumable(s)) {
+    SSL_SESSION_free(s);
+    lua_pushnil(L);
+    return 1;
+  }
+  sx_session_push(L, s);
+  SSL_SESSION_free(s);
+  return 1;
+}
+
+/* From here, bytes the SSL owns are copied onto the C stack before anything is pushed: a
+ * push may run a finalizer that closes this connection (and frees them), and the method must
+ * still finish with what it read (what the methods above do with the busy count). */
 
 /* ---- cipher ------------------------------------------------------------- */
 
@@ -244,6 +372,16 @@ static int conn_dane_tlsa(lua_State *L) {
 
 void sx_conninfo_open(lua_State *L) {
   static const luaL_Reg methods[] = {
+    {"peer_certificate", conn_peer_certificate},
+    {"peer_chain", conn_peer_chain},
+    {"verified_chain", conn_verified_chain},
+    {"verify_result", conn_verify_result},
+    {"version", conn_version},
+    {"cipher", conn_cipher},
+    {"alpn", conn_alpn},
+    {"servername", conn_servername},
+    {"session", conn_session},
+    {"session_reused", conn_session_reused},
     {"cipher_info", conn_cipher_info},
     {"export_keying_material", conn_export_keying_material},
     {"finished", conn_finished},
@@ -253,9 +391,5 @@ void sx_conninfo_open(lua_State *L) {
     {"dane_tlsa", conn_dane_tlsa},
     {NULL, NULL}
   };
-  luaL_getmetatable(L, SX_CONN_MT);
-  lua_getfield(L, -1, "__index");
-  lua_pushvalue(L, -2);              /* upvalue 1: the metatable (see sx_register_class) */
-  luaL_setfuncs(L, methods, 1);
-  lua_pop(L, 2);
+  sx_conn_add_methods(L, methods);
 }

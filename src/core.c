@@ -280,10 +280,6 @@ int sx_cdata_is(lua_State *L, int idx, const char *what) {
 }
 
 int sx_context_new(lua_State *L);
-int sx_session_new(lua_State *L);
-int sx_x509_new(lua_State *L);
-int sx_pkey_new(lua_State *L);
-int sx_crl_new(lua_State *L);
 
 /* Sentinels: unique light userdata, cheap to compare in a callback's hot path. */
 static const char sx_retry_sentinel = 'R';
@@ -327,6 +323,7 @@ int luaopen_sslctx_core(lua_State *L) {
   if (sx_ssl_ex_index < 0 || sx_ctx_ex_index < 0)
     luaL_error(L, "sslctx: no OpenSSL ex_data index available");
   objects_create(L);
+  sx_loaders_open(L);       /* holders and the password slot: before x509 and pkey */
   sx_x509_open(L);
   sx_pkey_open(L);
   sx_session_open(L);

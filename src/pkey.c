@@ -1,4 +1,5 @@
-/* pkey.c: key objects (sslctx.pkey), private key loading and the password callback. */
+/* pkey.c: key objects (sslctx.pkey) and private key loading (the password callback and
+ * reading files are in loaders.c). */
 #include <limits.h>
 #include <string.h>
 #include <openssl/pem.h>
@@ -9,93 +10,6 @@
 typedef struct sx_pkey {
   EVP_PKEY *k;        /* NULL once released */
 } sx_pkey;
-
-/* ---- the password callback ---------------------------------------------- */
-
-/* Registry slot through which the password (string or function) reaches the protected
- * helper: a helper run by sx_cpcall cannot see its caller's stack.  The slot is created at
- * open, so that writing it later from inside OpenSSL never allocates (never raises). */
-static const char password_slot = 'p';
-
-typedef struct password_call {
-  char *buf;
-  int size;
-  int rwflag;
-  int len;            /* out: bytes copied */
-} password_call;
-
-/* Raises "password callback: <the error value>". */
-static int raise_callback_error(lua_State *L, int idx) {
-  int t = lua_type(L, idx);
-  if (t == LUA_TSTRING || t == LUA_TNUMBER)
-    lua_pushfstring(L, "password callback: %s", lua_tostring(L, idx));
-  else
-    lua_pushfstring(L, "password callback: (error object is a %s value)", lua_typename(L, t));
-  return lua_error(L);
-}
-
-/* Runs protected.  Takes the password (or the function giving it) from the slot, calls
- * fn(max_len, rwflag ~= 0) if it is a function, and copies the string into the buffer.
- * Every failure raises its final message, which sx_cpcall leaves on the stack. */
-static int password_helper(lua_State *L) {
-  password_call *c = (password_call *)lua_touserdata(L, 1);
-  int is_fn;
-  size_t len;
-  const char *s;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &password_slot);
-  lua_pushboolean(L, 0);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &password_slot);
-  is_fn = lua_type(L, -1) == LUA_TFUNCTION;
-  if (is_fn) {
-    lua_pushinteger(L, c->size);
-    lua_pushboolean(L, c->rwflag != 0);
-    if (lua_pcall(L, 2, 1, 0) != LUA_OK) return raise_callback_error(L, -1);
-    if (lua_type(L, -1) != LUA_TSTRING)
-      return luaL_error(L, "password callback: returned %s (string expected)",
-                        luaL_typename(L, -1));
-  }
-  s = lua_tolstring(L, -1, &len);
-  if (len > (size_t)c->size) {
-    /* Truncating would try a different password than the one given. */
-    if (is_fn) return luaL_error(L, "password callback: password longer than %d bytes", c->size);
-    return luaL_error(L, "password longer than %d bytes", c->size);
-  }
-  memcpy(c->buf, s, len);
-  c->len = (int)len;
-  return 0;
-}
-
-static int sx_password_cb(char *buf, int size, int rwflag, void *u) {
-  sx_password *pw = (sx_password *)u;
-  lua_State *L;
-  password_call c;
-  int idx, t;
-  /* After one failure OpenSSL may ask again: say no without stacking a second message. */
-  if (pw == NULL || pw->index == 0 || pw->failed || size < 0) return -1;
-  L = pw->L;
-  idx = lua_absindex(L, pw->index);
-  t = lua_type(L, idx);
-  if (t != LUA_TSTRING && t != LUA_TFUNCTION) return -1;
-  if (!lua_checkstack(L, 4)) {
-    pw->failed = 1;
-    pw->err_index = 0;
-    return -1;
-  }
-  c.buf = buf;
-  c.size = size;
-  c.rwflag = rwflag;
-  c.len = 0;
-  lua_pushvalue(L, idx);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &password_slot);
-  if (sx_cpcall(L, password_helper, &c) != LUA_OK) {
-    lua_pushboolean(L, 0);   /* in case the helper never ran */
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &password_slot);
-    pw->failed = 1;
-    pw->err_index = lua_gettop(L);
-    return -1;
-  }
-  return c.len;
-}
 
 /* ---- decoding ----------------------------------------------------------- */
 
@@ -205,27 +119,13 @@ static int push_key_failure(lua_State *L, key_source *src, const char *what, con
 
 /* ---- pkey objects ------------------------------------------------------- */
 
-static sx_pkey *pkey_new_closed(lua_State *L) {
-  sx_pkey *u = (sx_pkey *)sx_newuserdata(L, sizeof *u);
-  u->k = NULL;
-  luaL_setmetatable(L, SX_PKEY_MT);
-  return u;
-}
-
 void sx_pkey_push(lua_State *L, EVP_PKEY *k) {
-  sx_pkey *u;
   if (k == NULL) {
     lua_pushnil(L);
     return;
   }
-  u = pkey_new_closed(L);
   EVP_PKEY_up_ref(k);
-  u->k = k;
-}
-
-static EVP_PKEY *sx_pkey_test(lua_State *L, int arg) {
-  sx_pkey *u = (sx_pkey *)luaL_testudata(L, arg, SX_PKEY_MT);
-  return u != NULL ? u->k : NULL;
+  *sx_box_new(L, SX_PKEY_MT) = k;
 }
 
 static EVP_PKEY *pkey_check(lua_State *L, int arg) {
@@ -238,9 +138,7 @@ static EVP_PKEY *pkey_check(lua_State *L, int arg) {
 }
 
 static int pkey_release(lua_State *L) {
-  sx_pkey *u = (sx_pkey *)luaL_checkudata(L, 1, SX_PKEY_MT);
-  if (u->k != NULL) EVP_PKEY_free(u->k);
-  u->k = NULL;
+  EVP_PKEY_free((EVP_PKEY *)sx_box_take(L, SX_PKEY_MT));
   return 0;
 }
 
@@ -266,7 +164,7 @@ int sx_pkey_new(lua_State *L) {
   sx_pkey *u;
   check_password_arg(L, 2, &pw);
   lua_settop(L, 2);
-  u = pkey_new_closed(L);
+  u = (sx_pkey *)sx_box_new(L, SX_PKEY_MT);
   src.pw = &pw;
   src.asked = src.no_key = 0;
   ERR_clear_error();
@@ -285,11 +183,7 @@ int sx_pkey_new(lua_State *L) {
 }
 
 EVP_PKEY *sx_load_key(lua_State *L, int arg, sx_password *pw, sx_where w) {
-  size_t len;
-  const char *s, *path = NULL;
-  char *data = NULL;
-  long dlen;
-  BIO *mem = NULL;
+  sx_input in;
   EVP_PKEY *k;
   key_source src;
   arg = lua_absindex(L, arg);
@@ -307,20 +201,13 @@ EVP_PKEY *sx_load_key(lua_State *L, int arg, sx_password *pw, sx_where w) {
     pw->failed = 0;
     pw->err_index = 0;
   }
-  s = lua_tolstring(L, arg, &len);
-  if (!sx_is_pem_text(s, len)) {
-    path = s;
-    if ((mem = sx_open_file(L, path, len, "key")) == NULL) return NULL;
-    dlen = BIO_get_mem_data(mem, &data);
-    s = data;
-    len = dlen > 0 ? (size_t)dlen : 0;
-  }
+  if (!sx_input_open(L, arg, "key", &in)) return NULL;
   src.pw = pw;
   src.asked = src.no_key = 0;
   ERR_clear_error();
-  k = decode_private_key(s, len, &src);
-  BIO_free(mem);
-  if (k == NULL) push_key_failure(L, &src, "key", path);
+  k = decode_private_key(in.s, in.len, &src);
+  sx_input_close(&in);
+  if (k == NULL) push_key_failure(L, &src, "key", in.path);
   ERR_clear_error();
   return k;
 }
@@ -402,7 +289,8 @@ static int pkey_tostring(lua_State *L) {
 
 /* Equal when both are open and have the same public key (and parameters). */
 static int pkey_eq(lua_State *L) {
-  EVP_PKEY *a = sx_pkey_test(L, 1), *b = sx_pkey_test(L, 2);
+  EVP_PKEY *a = (EVP_PKEY *)sx_box_test(L, 1, SX_PKEY_MT);
+  EVP_PKEY *b = (EVP_PKEY *)sx_box_test(L, 2, SX_PKEY_MT);
   lua_pushboolean(L, a != NULL && b != NULL && sx_pkey_eq(a, b) == 1);
   ERR_clear_error();
   return 1;
@@ -424,6 +312,4 @@ void sx_pkey_open(lua_State *L) {
     {NULL, NULL}
   };
   sx_register_class(L, SX_PKEY_MT, methods, meta);
-  lua_pushboolean(L, 0);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &password_slot);
 }

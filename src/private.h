@@ -216,11 +216,10 @@ void sx_digest_update(sx_digest *d, const void *p, size_t n);
 int sx_digest_final(sx_digest *d, unsigned char out[32]);
 void sx_digest_mix(unsigned char digest[32], const char *what, const void *p, size_t n);
 
-/* ---- x509.c / pkey.c -------------------------------------------------- */
+/* ---- x509.c / pkey.c / loaders.c ---------------------------------------- */
 
 void sx_x509_open(lua_State *L);                 /* registers metatables */
 void sx_x509_push(lua_State *L, X509 *x);        /* up-refs x */
-X509 *sx_x509_check(lua_State *L, int arg);      /* raises unless an open x509 */
 X509 *sx_x509_test(lua_State *L, int arg);       /* NULL unless an open x509 */
 /* Loads one or more certificates (PEM text, PEM/DER file, or an x509 object) at arg.
  * Returns a stack of up-ref'd certificates (leaf first), or NULL with nil,msg,kind pushed. */
@@ -319,7 +318,7 @@ void sx_ctx_update_new_cb(sx_ctx *c);
 int sx_alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                       const unsigned char *in, unsigned int inlen, void *arg);
 int sx_client_hello_cb(SSL *ssl, int *alert, void *arg);
-/* connection.c: the servername callback moves the connection to the context at nc_idx. */
+/* conn_policy.c: the servername callback moves the connection to the context at nc_idx. */
 void sx_conn_switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx);
 
 /* ---- trust.c: trust stores and their identities ------------------------- */
@@ -335,8 +334,27 @@ void sx_trust_digest_objects(X509_STORE *store, unsigned char id[32]);
  * of its own, before the context changes it. */
 void sx_trust_pin_client_ca(lua_State *L, SSL_CTX *ctx);
 
+/* ---- the connection class: connection.c, conn_io.c, conn_policy.c, conninfo.c ---- */
+
+extern const char *const sx_conn_side_names[];   /* "client", "server" */
 void sx_connection_open(lua_State *L);
 void sx_conninfo_open(lua_State *L);   /* conninfo.c: after sx_connection_open */
+int sx_connection_new(lua_State *L);   /* ctx:new_connection([opts]) */
+sx_conn *sx_conn_check(lua_State *L, int arg);   /* raises unless an open connection */
+/* Adds methods to the class (after sx_connection_open registered it). */
+void sx_conn_add_methods(lua_State *L, const luaL_Reg *methods);
+extern const luaL_Reg sx_conn_io_methods[];       /* conn_io.c: the driving calls */
+extern const luaL_Reg sx_conn_policy_methods[];   /* conn_policy.c: the policy setters */
+/* The busy rule (connection.c): a method that uses the SSL across an allocation holds the
+ * connection busy; a close() asked meanwhile happens at the last sx_conn_busy_end. */
+static inline void sx_conn_busy_begin(sx_conn *conn) {
+  conn->busy++;
+}
+void sx_conn_busy_end(lua_State *L, sx_conn *conn);
+/* The LuaSocket object of the connection at obj was closed under it: marks it failed. */
+int sx_conn_socket_gone(lua_State *L, sx_conn *conn, int obj, int protected_call);
+/* Every per-connection setter of the policy starts with this (conn_policy.c). */
+sx_conn *sx_conn_policy_check(lua_State *L, const char *what);
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */
 BIO *sx_outbox_new(void);      /* bio.c: the memory transport's write side */
 BIO *sx_inbox_new(void);       /* bio.c: the memory transport's read side */
@@ -349,29 +367,57 @@ int sx_hook_borrow(lua_State *L);
 void sx_hook_detach(sx_conn *conn);
 void sx_hook_clear_request(lua_State *L);
 void sx_hook_report(sx_conn *conn, int base);
-sx_conn *sx_conn_check(lua_State *L, int arg);
 
 void sx_session_open(lua_State *L);
+int sx_session_new(lua_State *L);   /* sslctx.session(der) */
 void sx_session_push(lua_State *L, SSL_SESSION *s);   /* up-refs s */
 SSL_SESSION *sx_session_test(lua_State *L, int arg);
 
-/* ---- added by x509.c/pkey.c --------------------------------------------- */
+/* ---- added by loaders.c/pkey.c ------------------------------------------ */
 
 int sx_x509_new(lua_State *L);    /* sslctx.x509(pem_or_der) */
 int sx_crl_new(lua_State *L);     /* sslctx.crl(pem_or_der) */
 int sx_pkey_new(lua_State *L);    /* sslctx.pkey(pem_or_der [, password]) */
 
-/* x509.c's helpers that pkey.c shares.  A memory BIO owned by a holder pushed on the Lua
- * stack, so that a Lua error while it is in use frees it: NULL when out of memory (the
- * holder is pushed all the same).  _result replaces the holder on top by the BIO's
- * contents; _pop frees it and pops it. */
+/* ---- loaders.c: what x509.c and pkey.c share ----------------------------- */
+
+void sx_loaders_open(lua_State *L);   /* before sx_x509_open and sx_pkey_open */
+/* A C resource owned by the Lua stack: pushed empty before the resource is acquired, so that
+ * a Lua error while it is in use frees it (at collection). */
+typedef struct sx_holder {
+  void *p;
+  void (*free_fn)(void *p);
+} sx_holder;
+sx_holder *sx_holder_push(lua_State *L);
+void sx_holder_release(sx_holder *h);   /* frees p now; the holder stays on the stack */
+/* A memory BIO in a holder: NULL when out of memory (the holder is pushed all the same).
+ * _result replaces the holder on top by the BIO's contents; _pop frees it and pops it. */
 BIO *sx_membio_push(lua_State *L);
 void sx_membio_result(lua_State *L);
 void sx_membio_pop(lua_State *L);
-/* The file's bytes in a memory BIO; NULL with nil, "<what>: <path>: <reason>", "file"
- * pushed. */
-BIO *sx_open_file(lua_State *L, const char *path, size_t path_len, const char *what);
+/* An object of class mt holding one OpenSSL pointer, pushed closed (NULL): the caller fills
+ * it.  _test: the pointer of an open one at arg, else NULL. */
+void **sx_box_new(lua_State *L, const char *mt);
+void *sx_box_test(lua_State *L, int arg, const char *mt);
+void *sx_box_take(lua_State *L, const char *mt);   /* closes the one at 1: its pointer */
+/* For "expected, got ..." messages: the value's class (__name) when it has one. */
+const char *sx_type_name(lua_State *L, int idx);
 int sx_is_der(const char *s, size_t len);   /* starts as a DER SEQUENCE does */
+/* The bytes the string at idx stands for: PEM text as it is, anything else names a PEM/DER
+ * file, read whole.  1, or 0 with nil, msg, "file" pushed; sx_input_close after a 1. */
+typedef struct sx_input {
+  const char *s;
+  size_t len;
+  const char *path;   /* the file's name; NULL for PEM text */
+  BIO *mem;           /* holds a file's bytes */
+} sx_input;
+int sx_input_open(lua_State *L, int idx, const char *what, sx_input *in);
+void sx_input_close(sx_input *in);
+/* OpenSSL's pem_password_cb over an sx_password (u): asks its string or function, protected;
+ * a failure is kept in pw (failed, err_index) and the callback says no. */
+int sx_password_cb(char *buf, int size, int rwflag, void *u);
+/* ---- core.c: failure triples -------------------------------------------- */
+
 /* Push nil, message, kind and return 3: a formatted message, or "<what>[: <path>]: " and
  * the drained OpenSSL error queue. */
 int sx_push_failure(lua_State *L, const char *kind, const char *fmt, ...);

@@ -13,15 +13,11 @@ static sx_session *session_check(lua_State *L, int arg) {
 }
 
 SSL_SESSION *sx_session_test(lua_State *L, int arg) {
-  sx_session *p = (sx_session *)luaL_testudata(L, arg, SX_SESSION_MT);
-  return p != NULL ? p->s : NULL;
+  return (SSL_SESSION *)sx_box_test(L, arg, SX_SESSION_MT);
 }
 
 static sx_session *session_create(lua_State *L) {
-  sx_session *p = (sx_session *)sx_newuserdata(L, sizeof(sx_session));
-  p->s = NULL;
-  luaL_setmetatable(L, SX_SESSION_MT);
-  return p;
+  return (sx_session *)sx_box_new(L, SX_SESSION_MT);
 }
 
 void sx_session_push(lua_State *L, SSL_SESSION *s) {
@@ -104,9 +100,7 @@ static int session_protocol(lua_State *L) {
 }
 
 static int session_gc(lua_State *L) {
-  sx_session *p = (sx_session *)luaL_checkudata(L, 1, SX_SESSION_MT);
-  SSL_SESSION_free(p->s);
-  p->s = NULL;
+  SSL_SESSION_free((SSL_SESSION *)sx_box_take(L, SX_SESSION_MT));
   return 0;
 }
 

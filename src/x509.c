@@ -1,10 +1,7 @@
-/* x509.c: certificate (sslctx.x509) and CRL (sslctx.crl) objects, and the loaders that turn
- * PEM text, files and Lua values into OpenSSL certificate and CRL stacks. */
+/* x509.c: the methods of certificate (sslctx.x509) and CRL (sslctx.crl) objects.  Making them
+ * from PEM text, files and Lua values is loaders.c's. */
 #define _POSIX_C_SOURCE 200112L   /* inet_ntop under -std=c99 */
-#include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -12,223 +9,9 @@
 #include <openssl/bn.h>
 #include "private.h"
 
-#define SX_HOLDER_MT "sslctx.holder"
+/* Both objects are boxes (loaders.c): one pointer, NULL once released. */
 
-typedef struct sx_x509 {
-  X509 *x;            /* NULL once released */
-} sx_x509;
-
-typedef struct sx_crl {
-  X509_CRL *crl;      /* NULL once released */
-} sx_crl;
-
-/* ---- holders: C resources owned by the Lua stack ------------------------- */
-
-/* A holder is pushed (empty) before a C resource is acquired, so that a Lua error raised
- * while the resource is in use (out of memory while pushing results) frees it at
- * collection instead of leaking it. */
-typedef struct sx_holder {
-  void *p;
-  void (*free_fn)(void *p);
-} sx_holder;
-
-static sx_holder *holder_push(lua_State *L) {
-  sx_holder *h = (sx_holder *)lua_newuserdata(L, sizeof *h);
-  h->p = NULL;
-  h->free_fn = NULL;
-  luaL_setmetatable(L, SX_HOLDER_MT);
-  return h;
-}
-
-static void holder_release(sx_holder *h) {
-  if (h->p != NULL && h->free_fn != NULL) h->free_fn(h->p);
-  h->p = NULL;
-}
-
-static int holder_gc(lua_State *L) {
-  /* reachable through debug.getregistry(): check what it is given, like every finalizer */
-  holder_release((sx_holder *)luaL_checkudata(L, 1, SX_HOLDER_MT));
-  return 0;
-}
-
-static void free_bio(void *p) { BIO_free((BIO *)p); }
 static void free_general_names(void *p) { GENERAL_NAMES_free((GENERAL_NAMES *)p); }
-static void free_x509_stack(void *p) { sk_X509_pop_free((STACK_OF(X509) *)p, X509_free); }
-static void free_crl_stack(void *p) { sk_X509_CRL_pop_free((STACK_OF(X509_CRL) *)p, X509_CRL_free); }
-
-BIO *sx_membio_push(lua_State *L) {
-  sx_holder *h = holder_push(L);
-  h->free_fn = free_bio;
-  h->p = BIO_new(BIO_s_mem());
-  return (BIO *)h->p;
-}
-
-void sx_membio_result(lua_State *L) {
-  sx_holder *h = (sx_holder *)lua_touserdata(L, -1);
-  char *data = NULL;
-  long n = BIO_get_mem_data((BIO *)h->p, &data);
-  lua_pushlstring(L, data, n > 0 ? (size_t)n : 0);
-  holder_release(h);
-  lua_remove(L, -2);
-}
-
-void sx_membio_pop(lua_State *L) {
-  holder_release((sx_holder *)lua_touserdata(L, -1));
-  lua_pop(L, 1);
-}
-
-/* ---- input helpers shared with pkey.c ------------------------------------ */
-
-/* The whole file in a memory BIO; NULL with *err = errno (0: OpenSSL out of memory). */
-static BIO *read_file(const char *path, int *err) {
-  char chunk[4096];
-  size_t n;
-  BIO *mem;
-  FILE *f = fopen(path, "rb");
-  *err = 0;
-  if (f == NULL) {
-    *err = errno;
-    return NULL;
-  }
-  errno = 0;
-  mem = BIO_new(BIO_s_mem());
-  while (mem != NULL && (n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-    if (BIO_write(mem, chunk, (int)n) != (int)n) {
-      BIO_free(mem);
-      mem = NULL;
-    }
-  }
-  if (mem != NULL && ferror(f)) {
-    *err = errno != 0 ? errno : EIO;
-    BIO_free(mem);
-    mem = NULL;
-  }
-  fclose(f);
-  return mem;
-}
-
-int sx_is_der(const char *s, size_t len) {
-  /* Every DER object read here is a SEQUENCE (0x30).  Anything else is taken for PEM, whose
-   * reader skips text before the first "-----BEGIN" (as in `openssl x509 -text` output). */
-  return len > 0 && (unsigned char)s[0] == 0x30;
-}
-
-/* Declines any password: a certificate or CRL is never encrypted, and OpenSSL's default
- * would prompt on the terminal. */
-static int no_password(char *buf, int size, int rwflag, void *u) {
-  (void)buf, (void)size, (void)rwflag, (void)u;
-  return -1;
-}
-
-static int is_pem_end(unsigned long e) {
-  return ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE;
-}
-
-/* ---- decoding certificates and CRLs -------------------------------------- */
-
-/* What differs between reading certificates and reading CRLs. */
-typedef struct sx_codec {
-  const char *noun;                                  /* for "no <noun> found" */
-  void *(*read_pem)(BIO *b);                         /* next block of this type, or NULL */
-  void *(*read_der)(const unsigned char **p, long len);
-  int (*add)(void *sk, void *obj);                   /* takes obj; 0 when out of memory */
-  void (*free_obj)(void *obj);
-} sx_codec;
-
-static void *cert_read_pem(BIO *b) { return PEM_read_bio_X509_AUX(b, NULL, no_password, NULL); }
-static void *cert_read_der(const unsigned char **p, long len) { return d2i_X509(NULL, p, len); }
-static void cert_free(void *o) { X509_free((X509 *)o); }
-static int cert_add(void *sk, void *o) { return sk_X509_push((STACK_OF(X509) *)sk, (X509 *)o) > 0; }
-
-static void *crl_read_pem(BIO *b) { return PEM_read_bio_X509_CRL(b, NULL, no_password, NULL); }
-static void *crl_read_der(const unsigned char **p, long len) { return d2i_X509_CRL(NULL, p, len); }
-static void crl_free(void *o) { X509_CRL_free((X509_CRL *)o); }
-static int crl_add(void *sk, void *o) {
-  return sk_X509_CRL_push((STACK_OF(X509_CRL) *)sk, (X509_CRL *)o) > 0;
-}
-
-static const sx_codec cert_codec = {"certificate", cert_read_pem, cert_read_der, cert_add,
-                                    cert_free};
-static const sx_codec crl_codec = {"CRL", crl_read_pem, crl_read_der, crl_add, crl_free};
-
-static int add_or_free(const sx_codec *c, void *sk, void *obj) {
-  if (c->add(sk, obj)) return 1;
-  c->free_obj(obj);
-  return 0;
-}
-
-/* Decodes the bytes into sk: one DER object, or the PEM blocks of the codec's type (all of
- * them, or only the first).  Returns how many were added, 0 when there was none (queue
- * cleared), -1 on an OpenSSL failure (reasons queued). */
-static int decode_into(const sx_codec *c, const char *s, size_t len, void *sk, int first_only) {
-  int count = 0;
-  void *obj;
-  BIO *b;
-  if (sx_is_der(s, len)) {
-    const unsigned char *p = (const unsigned char *)s;
-    obj = c->read_der(&p, (long)len);
-    if (obj == NULL) return -1;
-    return add_or_free(c, sk, obj) ? 1 : -1;
-  }
-  if (len > INT_MAX || (b = BIO_new_mem_buf(s, (int)len)) == NULL) return -1;
-  while ((obj = c->read_pem(b)) != NULL) {
-    if (!add_or_free(c, sk, obj)) {
-      count = -1;
-      break;
-    }
-    count++;
-    if (first_only) break;
-  }
-  BIO_free(b);
-  if (count < 0) return -1;
-  /* Running out of blocks is how the loop ends: only other reasons are failures. */
-  if (!first_only || count == 0) {
-    unsigned long e = ERR_peek_last_error();
-    if (e != 0 && !is_pem_end(e)) return -1;
-  }
-  ERR_clear_error();
-  return count;
-}
-
-BIO *sx_open_file(lua_State *L, const char *path, size_t plen, const char *what) {
-  int err;
-  BIO *mem;
-  if (strlen(path) != plen) {
-    sx_push_failure(L, "file", "%s: file name contains a zero byte", what);
-    return NULL;
-  }
-  ERR_clear_error();
-  if ((mem = read_file(path, &err)) != NULL) return mem;
-  if (err != 0) sx_push_failure(L, "file", "%s: %s: %s", what, path, strerror(err));
-  else sx_push_ssl_failure(L, what, path, "file");
-  return NULL;
-}
-
-/* PEM text, or the PEM/DER file named, at idx, into sk.  1, or 0 with nil,msg,kind pushed. */
-static int decode_string(lua_State *L, const sx_codec *c, int idx, void *sk, const char *what) {
-  size_t len;
-  const char *s = lua_tolstring(L, idx, &len), *path = NULL;
-  char *data = NULL;
-  long dlen;
-  int n;
-  BIO *mem = NULL;
-  ERR_clear_error();
-  if (sx_is_pem_text(s, len)) {
-    n = decode_into(c, s, len, sk, 0);
-  } else {
-    path = s;
-    if ((mem = sx_open_file(L, path, len, what)) == NULL) return 0;
-    dlen = BIO_get_mem_data(mem, &data);
-    n = decode_into(c, data, dlen > 0 ? (size_t)dlen : 0, sk, 0);
-    BIO_free(mem);
-  }
-  if (n > 0) return 1;
-  if (n < 0) sx_push_ssl_failure(L, what, path, "file");
-  else if (path != NULL) sx_push_failure(L, "file", "%s: %s: no %s found", what, path, c->noun);
-  else sx_push_failure(L, "file", "%s: no %s found", what, c->noun);
-  return 0;
-}
-
 /* ---- time and integers --------------------------------------------------- */
 
 /* Days from 1970-01-01 to the proleptic Gregorian date y-m-d (m 1..12); counts whole
@@ -297,99 +80,65 @@ static int push_name(lua_State *L, const X509_NAME *name, const char *what) {
 
 /* ---- x509 objects -------------------------------------------------------- */
 
-/* The type name for "expected, got ..." messages: the object's class when it has one. */
-static const char *type_name(lua_State *L, int idx) {
-  const char *name = luaL_typename(L, idx);
-  if (luaL_getmetafield(L, idx, "__name")) {
-    if (lua_type(L, -1) == LUA_TSTRING) name = lua_tostring(L, -1);  /* kept by the metatable */
-    lua_pop(L, 1);
-  }
-  return name;
-}
-
 static int type_error(lua_State *L, int arg, const char *expected) {
   return luaL_argerror(L, arg, lua_pushfstring(L, "%s expected, got %s", expected,
-                                               type_name(L, arg)));
+                                               sx_type_name(L, arg)));
 }
 
-/* Created closed, filled once the certificate is in hand (as liolib does with files). */
-static sx_x509 *x509_new_closed(lua_State *L) {
-  sx_x509 *u = (sx_x509 *)sx_newuserdata(L, sizeof *u);
-  u->x = NULL;
-  luaL_setmetatable(L, SX_X509_MT);
-  return u;
+/* The pointer of an open object of class mt at arg; raises otherwise. */
+static void *box_check(lua_State *L, int arg, const char *mt, const char *closed) {
+  void **box = (void **)luaL_testudata(L, arg, mt);
+  if (box == NULL) return (type_error(L, arg, mt), NULL);
+  if (*box == NULL) luaL_argerror(L, arg, closed);
+  return *box;
 }
 
 void sx_x509_push(lua_State *L, X509 *x) {
-  sx_x509 *u;
   if (x == NULL) {
     lua_pushnil(L);
     return;
   }
-  u = x509_new_closed(L);
   X509_up_ref(x);
-  u->x = x;
+  *sx_box_new(L, SX_X509_MT) = x;
 }
 
 X509 *sx_x509_test(lua_State *L, int arg) {
-  sx_x509 *u = (sx_x509 *)luaL_testudata(L, arg, SX_X509_MT);
-  return u != NULL ? u->x : NULL;
+  return (X509 *)sx_box_test(L, arg, SX_X509_MT);
 }
 
-X509 *sx_x509_check(lua_State *L, int arg) {
-  sx_x509 *u = (sx_x509 *)luaL_testudata(L, arg, SX_X509_MT);
-  if (u == NULL) return (type_error(L, arg, SX_X509_MT), (X509 *)NULL);
-  if (u->x == NULL) luaL_argerror(L, arg, "x509 is closed");
-  return u->x;
+static X509 *x509_check(lua_State *L, int arg) {
+  return (X509 *)box_check(L, arg, SX_X509_MT, "x509 is closed");
 }
 
 static int x509_release(lua_State *L) {
-  sx_x509 *u = (sx_x509 *)luaL_checkudata(L, 1, SX_X509_MT);
-  if (u->x != NULL) X509_free(u->x);
-  u->x = NULL;
+  X509_free((X509 *)sx_box_take(L, SX_X509_MT));
   return 0;
 }
 
-/* sslctx.x509(pem_or_der) -> x509 | nil, msg, "file".  PEM: the first certificate. */
-int sx_x509_new(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  sx_x509 *u = x509_new_closed(L);
-  STACK_OF(X509) *sk = sk_X509_new_null();
-  int n;
-  ERR_clear_error();
-  n = sk != NULL ? decode_into(&cert_codec, s, len, sk, 1) : -1;
-  if (n > 0) u->x = sk_X509_shift(sk);
-  sk_X509_pop_free(sk, X509_free);
-  if (n < 0) return sx_push_error(L, "x509", "file");
-  if (n == 0) return sx_push_failure(L, "file", "x509: no certificate found");
-  return 1;
-}
-
 static int x509_subject(lua_State *L) {
-  return push_name(L, X509_get_subject_name(sx_x509_check(L, 1)), "subject");
+  return push_name(L, X509_get_subject_name(x509_check(L, 1)), "subject");
 }
 
 static int x509_issuer(lua_State *L) {
-  return push_name(L, X509_get_issuer_name(sx_x509_check(L, 1)), "issuer");
+  return push_name(L, X509_get_issuer_name(x509_check(L, 1)), "issuer");
 }
 
 static int x509_serial(lua_State *L) {
-  push_integer_hex(L, X509_get0_serialNumber(sx_x509_check(L, 1)));
+  push_integer_hex(L, X509_get0_serialNumber(x509_check(L, 1)));
   return 1;
 }
 
 static int x509_not_before(lua_State *L) {
-  return push_time(L, X509_get0_notBefore(sx_x509_check(L, 1)), "not_before");
+  return push_time(L, X509_get0_notBefore(x509_check(L, 1)), "not_before");
 }
 
 static int x509_not_after(lua_State *L) {
-  return push_time(L, X509_get0_notAfter(sx_x509_check(L, 1)), "not_after");
+  return push_time(L, X509_get0_notAfter(x509_check(L, 1)), "not_after");
 }
 
 /* 1 for v1 ... 3 for v3, as `openssl x509 -text` shows it. */
 static int x509_version(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)X509_get_version(sx_x509_check(L, 1)) + 1);
+  lua_pushinteger(L, (lua_Integer)X509_get_version(x509_check(L, 1)) + 1);
   return 1;
 }
 
@@ -397,7 +146,7 @@ static int x509_version(lua_State *L) {
  * it ("sha256WithRSAEncryption", "ecdsa-with-SHA256", "ED25519"); the OID in dotted form
  * when OpenSSL has no name for it. */
 static int x509_signature_name(lua_State *L) {
-  X509 *x = sx_x509_check(L, 1);
+  X509 *x = x509_check(L, 1);
   const X509_ALGOR *alg = NULL;
   const ASN1_OBJECT *obj = NULL;
   int nid = X509_get_signature_nid(x);
@@ -428,7 +177,7 @@ static void push_hex_lower(lua_State *L, const unsigned char *p, unsigned int n)
 }
 
 static int x509_fingerprint(lua_State *L) {
-  X509 *x = sx_x509_check(L, 1);
+  X509 *x = x509_check(L, 1);
   const char *name = luaL_optstring(L, 2, "sha256");
   const EVP_MD *md = EVP_get_digestbyname(name);
   unsigned char buf[EVP_MAX_MD_SIZE];
@@ -440,16 +189,25 @@ static int x509_fingerprint(lua_State *L) {
   return 1;
 }
 
-static int x509_pem(lua_State *L) {
-  X509 *x = sx_x509_check(L, 1);
+/* PEM through a memory BIO that the Lua stack holds. */
+typedef int (*sx_pem_fn)(BIO *b, void *obj);
+
+static int x509_write_pem(BIO *b, void *obj) { return PEM_write_bio_X509(b, (X509 *)obj); }
+static int crl_write_pem(BIO *b, void *obj) { return PEM_write_bio_X509_CRL(b, (X509_CRL *)obj); }
+
+static int push_pem(lua_State *L, void *obj, sx_pem_fn write) {
   BIO *b = sx_membio_push(L);
   ERR_clear_error();
-  if (b == NULL || !PEM_write_bio_X509(b, x)) {
+  if (b == NULL || !write(b, obj)) {
     sx_membio_pop(L);
     return sx_push_error(L, "pem", "ssl");
   }
   sx_membio_result(L);
   return 1;
+}
+
+static int x509_pem(lua_State *L) {
+  return push_pem(L, x509_check(L, 1), x509_write_pem);
 }
 
 /* DER straight into a scratch userdata: nothing of OpenSSL's is held while Lua allocates. */
@@ -474,7 +232,7 @@ static int push_der(lua_State *L, void *obj, sx_i2d_fn i2d) {
 }
 
 static int x509_der(lua_State *L) {
-  return push_der(L, sx_x509_check(L, 1), x509_i2d);
+  return push_der(L, x509_check(L, 1), x509_i2d);
 }
 
 static void append_string(lua_State *L, int t, const ASN1_STRING *s) {
@@ -512,7 +270,7 @@ static void append_general_name(lua_State *L, int res, const GENERAL_NAME *g) {
 /* {dns = {...}, ip = {...}, email = {...}, uri = {...}}, in the certificate's order. */
 static int x509_subject_alt_names(lua_State *L) {
   static const char *const keys[] = {"dns", "ip", "email", "uri"};
-  X509 *x = sx_x509_check(L, 1);
+  X509 *x = x509_check(L, 1);
   sx_holder *h;
   GENERAL_NAMES *gens;
   int i, res;
@@ -522,12 +280,12 @@ static int x509_subject_alt_names(lua_State *L) {
     lua_newtable(L);
     lua_setfield(L, res, keys[i]);
   }
-  h = holder_push(L);
+  h = sx_holder_push(L);
   h->free_fn = free_general_names;
   h->p = gens = (GENERAL_NAMES *)X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
   for (i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens); i++)
     append_general_name(L, res, sk_GENERAL_NAME_value(gens, i));
-  holder_release(h);  /* frees the names now */
+  sx_holder_release(h);  /* frees the names now */
   lua_pop(L, 1);
   ERR_clear_error();  /* an absent or malformed extension is just no names */
   return 1;
@@ -536,10 +294,10 @@ static int x509_subject_alt_names(lua_State *L) {
 /* A DNS name is matched as OpenSSL's hostname verification does (wildcards, the subject CN
  * only when there is no DNS SAN); an IP literal against the iPAddress SANs. */
 static int x509_check_host(lua_State *L) {
-  X509 *x = sx_x509_check(L, 1);
   size_t len;
-  const char *name = luaL_checklstring(L, 2, &len);
   int r;
+  X509 *x = x509_check(L, 1);
+  const char *name = luaL_checklstring(L, 2, &len);
   if (strlen(name) != len) {   /* "127.0.0.1\0.evil": never a match */
     lua_pushboolean(L, 0);
     return 1;
@@ -553,7 +311,7 @@ static int x509_check_host(lua_State *L) {
 }
 
 static int x509_public_key(lua_State *L) {
-  X509 *x = sx_x509_check(L, 1);
+  X509 *x = x509_check(L, 1);
   EVP_PKEY *k;
   ERR_clear_error();
   if ((k = X509_get0_pubkey(x)) == NULL) return sx_push_error(L, "public_key", "ssl");
@@ -564,26 +322,41 @@ static int x509_public_key(lua_State *L) {
 /* x:issued_by(ca): ca's subject and key identifiers match x's issuer and x is signable by
  * ca (its signature is not checked). */
 static int x509_issued_by(lua_State *L) {
-  X509 *x = sx_x509_check(L, 1);
-  X509 *ca = sx_x509_check(L, 2);
+  X509 *x = x509_check(L, 1);
+  X509 *ca = x509_check(L, 2);
   lua_pushboolean(L, X509_check_issued(ca, x) == X509_V_OK);
   ERR_clear_error();
   return 1;
 }
 
-static int x509_tostring(lua_State *L) {
-  sx_x509 *u = (sx_x509 *)luaL_checkudata(L, 1, SX_X509_MT);
-  if (u->x == NULL) {
-    lua_pushliteral(L, "sslctx.x509 (closed)");
+/* "<class>: <name>" ("?" when it cannot be printed), or "<class> (closed)". */
+typedef const X509_NAME *(*sx_name_fn)(const void *obj);
+
+static const X509_NAME *x509_subject_of(const void *obj) {
+  return X509_get_subject_name((const X509 *)obj);
+}
+
+static const X509_NAME *crl_issuer_of(const void *obj) {
+  return X509_CRL_get_issuer((const X509_CRL *)obj);
+}
+
+static int push_tostring(lua_State *L, const char *mt, sx_name_fn name_of, const char *what) {
+  void *obj = *(void **)luaL_checkudata(L, 1, mt);
+  if (obj == NULL) {
+    lua_pushfstring(L, "%s (closed)", mt);
     return 1;
   }
-  lua_pushliteral(L, "sslctx.x509: ");
-  if (push_name(L, X509_get_subject_name(u->x), "subject") != 1) {
+  lua_pushfstring(L, "%s: ", mt);
+  if (push_name(L, name_of(obj), what) != 1) {
     lua_pop(L, 3);
     lua_pushliteral(L, "?");
   }
   lua_concat(L, 2);
   return 1;
+}
+
+static int x509_tostring(lua_State *L) {
+  return push_tostring(L, SX_X509_MT, x509_subject_of, "subject");
 }
 
 /* Equal when both are open and their DER encodings are the same. */
@@ -595,46 +368,13 @@ static int x509_eq(lua_State *L) {
 
 /* ---- CRL objects --------------------------------------------------------- */
 
-static sx_crl *crl_new_closed(lua_State *L) {
-  sx_crl *u = (sx_crl *)sx_newuserdata(L, sizeof *u);
-  u->crl = NULL;
-  luaL_setmetatable(L, SX_CRL_MT);
-  return u;
-}
-
-static X509_CRL *crl_test(lua_State *L, int arg) {
-  sx_crl *u = (sx_crl *)luaL_testudata(L, arg, SX_CRL_MT);
-  return u != NULL ? u->crl : NULL;
-}
-
 static X509_CRL *crl_check(lua_State *L, int arg) {
-  sx_crl *u = (sx_crl *)luaL_testudata(L, arg, SX_CRL_MT);
-  if (u == NULL) return (type_error(L, arg, SX_CRL_MT), (X509_CRL *)NULL);
-  if (u->crl == NULL) luaL_argerror(L, arg, "crl is closed");
-  return u->crl;
+  return (X509_CRL *)box_check(L, arg, SX_CRL_MT, "crl is closed");
 }
 
 static int crl_release(lua_State *L) {
-  sx_crl *u = (sx_crl *)luaL_checkudata(L, 1, SX_CRL_MT);
-  if (u->crl != NULL) X509_CRL_free(u->crl);
-  u->crl = NULL;
+  X509_CRL_free((X509_CRL *)sx_box_take(L, SX_CRL_MT));
   return 0;
-}
-
-/* sslctx.crl(pem_or_der) -> crl | nil, msg, "file".  PEM: the first CRL. */
-int sx_crl_new(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  sx_crl *u = crl_new_closed(L);
-  STACK_OF(X509_CRL) *sk = sk_X509_CRL_new_null();
-  int n;
-  ERR_clear_error();
-  n = sk != NULL ? decode_into(&crl_codec, s, len, sk, 1) : -1;
-  if (n > 0) u->crl = sk_X509_CRL_shift(sk);
-  sk_X509_CRL_pop_free(sk, X509_CRL_free);
-  if (n < 0) return sx_push_error(L, "crl", "file");
-  if (n == 0) return sx_push_failure(L, "file", "crl: no CRL found");
-  return 1;
 }
 
 static int crl_issuer(lua_State *L) {
@@ -650,15 +390,7 @@ static int crl_next_update(lua_State *L) {
 }
 
 static int crl_pem(lua_State *L) {
-  X509_CRL *crl = crl_check(L, 1);
-  BIO *b = sx_membio_push(L);
-  ERR_clear_error();
-  if (b == NULL || !PEM_write_bio_X509_CRL(b, crl)) {
-    sx_membio_pop(L);
-    return sx_push_error(L, "pem", "ssl");
-  }
-  sx_membio_result(L);
-  return 1;
+  return push_pem(L, crl_check(L, 1), crl_write_pem);
 }
 
 static int crl_der(lua_State *L) {
@@ -705,7 +437,7 @@ static int crl_revoked(lua_State *L) {
     r = X509_CRL_get0_by_serial(crl, &rev, serial);
     ASN1_INTEGER_free(serial);
   } else if (luaL_testudata(L, 2, SX_X509_MT) != NULL) {
-    r = X509_CRL_get0_by_cert(crl, &rev, sx_x509_check(L, 2));
+    r = X509_CRL_get0_by_cert(crl, &rev, x509_check(L, 2));
   } else {
     return type_error(L, 2, "string or " SX_X509_MT);
   }
@@ -715,139 +447,15 @@ static int crl_revoked(lua_State *L) {
 }
 
 static int crl_tostring(lua_State *L) {
-  sx_crl *u = (sx_crl *)luaL_checkudata(L, 1, SX_CRL_MT);
-  if (u->crl == NULL) {
-    lua_pushliteral(L, "sslctx.crl (closed)");
-    return 1;
-  }
-  lua_pushliteral(L, "sslctx.crl: ");
-  if (push_name(L, X509_CRL_get_issuer(u->crl), "issuer") != 1) {
-    lua_pop(L, 3);
-    lua_pushliteral(L, "?");
-  }
-  lua_concat(L, 2);
-  return 1;
+  return push_tostring(L, SX_CRL_MT, crl_issuer_of, "issuer");
 }
 
 /* Equal when both are open and have the same encoding (X509_CRL_match: their digests). */
 static int crl_eq(lua_State *L) {
-  X509_CRL *a = crl_test(L, 1), *b = crl_test(L, 2);
+  X509_CRL *a = (X509_CRL *)sx_box_test(L, 1, SX_CRL_MT);
+  X509_CRL *b = (X509_CRL *)sx_box_test(L, 2, SX_CRL_MT);
   lua_pushboolean(L, a != NULL && b != NULL && X509_CRL_match(a, b) == 0);
   return 1;
-}
-
-/* ---- loaders ------------------------------------------------------------- */
-
-/* One loader per kind: how to add an object of ours found in a Lua value. */
-typedef struct sx_loader {
-  const sx_codec *codec;
-  const char *mt;                      /* the object class accepted */
-  const char *closed;                  /* message for a closed one */
-  const char *expected;                /* for type errors: a single item */
-  void *(*new_stack)(void);
-  void (*free_stack)(void *sk);
-  int (*add_object)(void *sk, void *ud);   /* up-refs; 0 when out of memory */
-} sx_loader;
-
-static void *cert_stack_new(void) { return sk_X509_new_null(); }
-static void *crl_stack_new(void) { return sk_X509_CRL_new_null(); }
-
-static int cert_add_object(void *sk, void *ud) {
-  X509 *x = ((sx_x509 *)ud)->x;
-  X509_up_ref(x);
-  return add_or_free(&cert_codec, sk, x);
-}
-
-static int crl_add_object(void *sk, void *ud) {
-  X509_CRL *crl = ((sx_crl *)ud)->crl;
-  X509_CRL_up_ref(crl);
-  return add_or_free(&crl_codec, sk, crl);
-}
-
-static const sx_loader cert_loader = {
-  &cert_codec, SX_X509_MT, "x509 is closed",
-  "PEM text, file name or " SX_X509_MT,
-  cert_stack_new, free_x509_stack, cert_add_object
-};
-
-static const sx_loader crl_loader = {
-  &crl_codec, SX_CRL_MT, "crl is closed",
-  "PEM text, file name or " SX_CRL_MT,
-  crl_stack_new, free_crl_stack, crl_add_object
-};
-
-/* The value at idx is a string or an open object of the loader's class; raises naming the
- * caller's argument or option w (and the array position, when pos > 0) otherwise. */
-static void check_item(lua_State *L, const sx_loader *ld, sx_where w, int idx, int pos) {
-  void *ud;
-  const char *problem = NULL;
-  if (lua_type(L, idx) == LUA_TSTRING) return;
-  ud = luaL_testudata(L, idx, ld->mt);
-  /* Both object structs hold just their OpenSSL pointer, NULL once released. */
-  if (ud != NULL && *(void **)ud != NULL) return;
-  if (ud != NULL) problem = ld->closed;
-  else problem = lua_pushfstring(L, "%s%s expected, got %s", ld->expected,
-                                 pos > 0 ? "" : " (or an array of them)", type_name(L, idx));
-  if (pos > 0) problem = lua_pushfstring(L, "item %d: %s", pos, problem);
-  sx_where_error(L, w, problem);
-}
-
-/* One string or object at idx, into sk.  1, or 0 with nil,msg,kind pushed. */
-static int load_item(lua_State *L, const sx_loader *ld, int idx, void *sk, const char *what) {
-  if (lua_type(L, idx) == LUA_TSTRING) return decode_string(L, ld->codec, idx, sk, what);
-  ERR_clear_error();
-  if (ld->add_object(sk, lua_touserdata(L, idx))) return 1;
-  sx_push_error(L, what, "file");
-  return 0;
-}
-
-static void *load_all(lua_State *L, const sx_loader *ld, int arg, const char *what, sx_where w) {
-  int i, n = 0, ok = 1, hidx;
-  sx_holder *h;
-  void *sk;
-  arg = lua_absindex(L, arg);
-  if (lua_type(L, arg) == LUA_TTABLE) {
-    n = (int)lua_rawlen(L, arg);
-    for (i = 1; i <= n; i++) {
-      lua_rawgeti(L, arg, i);
-      check_item(L, ld, w, lua_gettop(L), i);
-      lua_pop(L, 1);
-    }
-  } else {
-    check_item(L, ld, w, arg, 0);
-  }
-  /* The stack is held by the Lua stack until it is handed over. */
-  h = holder_push(L);
-  hidx = lua_gettop(L);
-  h->free_fn = ld->free_stack;
-  if ((h->p = sk = ld->new_stack()) == NULL) {
-    sx_push_error(L, what, "file");
-    ok = 0;
-  } else if (lua_type(L, arg) != LUA_TTABLE) {
-    ok = load_item(L, ld, arg, sk, what);
-  } else if (n == 0) {
-    sx_push_failure(L, "file", "%s: no %s given (empty list)", what, ld->codec->noun);
-    ok = 0;
-  } else {
-    for (i = 1; ok && i <= n; i++) {
-      lua_rawgeti(L, arg, i);
-      ok = load_item(L, ld, lua_gettop(L), sk, what);
-      if (ok) lua_pop(L, 1);
-      else lua_remove(L, -4);   /* the item, below nil,msg,kind */
-    }
-  }
-  if (ok) h->p = NULL;        /* handed to the caller */
-  else holder_release(h);
-  lua_remove(L, hidx);
-  return ok ? sk : NULL;
-}
-
-STACK_OF(X509) *sx_load_certs(lua_State *L, int idx, const char *what, sx_where w) {
-  return (STACK_OF(X509) *)load_all(L, &cert_loader, idx, what, w);
-}
-
-STACK_OF(X509_CRL) *sx_load_crls(lua_State *L, int idx, sx_where w) {
-  return (STACK_OF(X509_CRL) *)load_all(L, &crl_loader, idx, "crl", w);
 }
 
 /* ---- registration -------------------------------------------------------- */
@@ -893,9 +501,6 @@ void sx_x509_open(lua_State *L) {
     {"__eq", crl_eq},
     {NULL, NULL}
   };
-  static const luaL_Reg no_methods[] = {{NULL, NULL}};
-  static const luaL_Reg holder_meta[] = {{"__gc", holder_gc}, {NULL, NULL}};
   sx_register_class(L, SX_X509_MT, x509_methods, x509_meta);
   sx_register_class(L, SX_CRL_MT, crl_methods, crl_meta);
-  sx_register_class(L, SX_HOLDER_MT, no_methods, holder_meta);
 }
