@@ -340,5 +340,48 @@ describe("release_buffers", function()
   end)
 end)
 
+describe("the memory transport's buffers", function()
+  -- Both sides free their buffer once it is empty: an idle connection that once received a
+  -- burst holds no more than one that never did (a BIO_s_mem would keep the burst's size).
+  it("an idle pair keeps nothing of its largest burst (child interpreters)", function()
+    local function per_pair(burst)
+      local out, rc = helper.run_child(([=[
+        local sslctx = require "sslctx"
+        local P = os.getenv("SSLCTX_PKI_DIR") .. "/"
+        local sctx = assert(sslctx.new{ side = "server", certificate = P .. "server-chain.pem",
+                                        key = P .. "server.key" })
+        local cctx = assert(sslctx.new{ ca_file = P .. "ca.pem" })
+        local big = string.rep("x", %d)
+        local function rss()
+          local f = io.open("/proc/self/statm"); local _, r = f:read("*n", "*n"); f:close()
+          return r * 4096
+        end
+        local function pair()
+          local c, s = cctx:new_connection{ hostname = "localhost" }, sctx:new_connection()
+          for _ = 1, 10 do c:handshake(); s:feed(c:drain()); s:handshake(); c:feed(s:drain()) end
+          local sent = 0
+          while sent < #big do sent = sent + assert(c:write(big, sent + 1)) end
+          assert(s:feed(c:drain()) > 0)
+          local got = 0
+          repeat local d = assert(s:read()); got = got + #d until got == #big
+          return c, s
+        end
+        for _ = 1, 50 do pair() end
+        collectgarbage(); collectgarbage()
+        local keep, before = {}, rss()
+        for _ = 1, 300 do keep[#keep + 1], keep[#keep + 2] = pair() end
+        collectgarbage(); collectgarbage()
+        print("PER-PAIR", (rss() - before) / 300)
+      ]=]):format(burst), 120)
+      local v = tonumber(out:match("PER%-PAIR%s+([%d%.]+)"))
+      assert.is_truthy(v and rc == 0, out)
+      return v
+    end
+    local small, large = per_pair(32), per_pair(200000)
+    assert.is_true(large < small + 4096,
+                   ("idle pair: %.0f B after 32 B, %.0f B after a 200 kB burst"):format(small, large))
+  end)
+end)
+
 -- support is used by the specs above through helper; keep luacheck quiet about it.
 assert(support)

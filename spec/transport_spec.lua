@@ -68,3 +68,55 @@ describe("socket transport", function()
     x:close(); y:close(); sc:close(); cc:close()
   end)
 end)
+
+describe("conn:write(s, i, j)", function()
+  it("writes s:sub(i, j) as string.sub reads the positions", function()
+    local c, s = helper.connected(helper.client_ctx(), helper.server_ctx())
+    local text = "0123456789"
+    for _, r in ipairs { { 1, 10 }, { 4 }, { 2, 5 }, { -3 }, { -4, -2 }, { 0, 3 }, { -100, 2 },
+                         { 8, 100 }, { 5, 5 } } do
+      local want = text:sub(r[1], r[2])
+      assert.equal(#want, c:write(text, r[1], r[2]))
+      s:feed(c:drain())
+      assert.equal(want, s:read())
+    end
+    for _, r in ipairs { { 5, 4 }, { 11 }, { 3, -100 }, { 1, 0 } } do
+      assert.equal(0, c:write(text, r[1], r[2]))
+      assert.equal(0, c:pending())
+    end
+  end)
+
+  it("goes on after a want_write with the same range, and loses nothing", function()
+    local c, s = helper.connected(helper.client_ctx(), helper.server_ctx(), { buffer_limit = 4096 })
+    local body = helper.payload(100000)
+    local sent, got, waits = 0, {}, 0
+    for _ = 1, 10000 do
+      if sent == #body then break end
+      local n, _, kind = c:write(body, sent + 1, math.min(#body, sent + 30000))
+      if n then sent = sent + n
+      else
+        assert.equal("want_write", kind)
+        waits = waits + 1
+        s:feed(c:drain())
+        got[#got + 1] = s:read()
+      end
+    end
+    s:feed(c:drain())
+    while true do
+      local d = s:read()
+      if not d then break end
+      got[#got + 1] = d
+    end
+    assert.is_true(waits > 0)
+    assert.equal(#body, #table.concat(got))
+    assert.is_true(table.concat(got) == body)
+  end)
+
+  it("says which position is not an integer", function()
+    local c = helper.connected(helper.client_ctx(), helper.server_ctx())
+    assert.has_error(function() c:write("abc", 1, "x") end,
+                     "bad argument #3 to 'write' (integer position expected)")
+    assert.has_error(function() c:write("abc", 1.5) end,
+                     "bad argument #2 to 'write' (integer position expected)")
+  end)
+end)

@@ -233,9 +233,30 @@ static int conn_read(lua_State *L) {
   return n;
 }
 
+/* s[i..j] as string.sub reads them (negative positions count from the end); *len gets the
+ * range's length.  An event loop writes a long string piece by piece without copying it. */
+static const char *checkrange(lua_State *L, int arg, size_t *len) {
+  size_t size;
+  const char *s = luaL_checklstring(L, arg, &size);
+  lua_Integer i, j, n = (lua_Integer)size;
+  if (!lua_isnoneornil(L, arg + 1) && !sx_isintegral(L, arg + 1))
+    luaL_argerror(L, arg + 1, "integer position expected");
+  if (!lua_isnoneornil(L, arg + 2) && !sx_isintegral(L, arg + 2))
+    luaL_argerror(L, arg + 2, "integer position expected");
+  i = lua_isnoneornil(L, arg + 1) ? 1 : lua_tointeger(L, arg + 1);
+  j = lua_isnoneornil(L, arg + 2) ? n : lua_tointeger(L, arg + 2);
+  if (i < 0) i = i < -n ? 1 : n + i + 1;
+  else if (i == 0) i = 1;
+  if (j < 0) j = j < -n ? 0 : n + j + 1;
+  else if (j > n) j = n;
+  *len = i > j ? 0 : (size_t)(j - i + 1);
+  return s + (i > j ? 0 : i - 1);
+}
+
+/* conn:write(s [, i [, j]]) -> bytes of s[i..j] taken | nil, msg, kind */
 static int conn_write(lua_State *L) {
   size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
+  const char *s = checkrange(L, 2, &len);
   sx_conn *conn = drive_begin(L, "write");
   int r, n;
   if (conn == NULL) return 3;

@@ -71,7 +71,7 @@ Stream.__index = Stream
 M.Stream = Stream
 
 local SERVER_HANDSHAKE_TIMEOUT = 30000
-local PIECE = 16384                       -- plaintext handed to conn:write at a time (one record)
+local PIECE = 65536                       -- plaintext handed to conn:write at a time
 local ECANCELED = "ECANCELED: operation canceled"
 local EPIPE = "EPIPE: broken pipe"
 
@@ -286,8 +286,8 @@ end
 
 -- One piece to the connection (stream.send's `write`): bytes taken, 0 when a buffer_limit
 -- made it wait (what waits is moved to `out`, then it goes on), or nil, err.
-local function write_piece(piece, conn, out)
-  local taken, msg, kind = conn:write(piece)
+local function write_piece(data, from, to, conn, out)
+  local taken, msg, kind = conn:write(data, from, to)
   if taken then return taken end
   if kind == "want_write" and conn:pending() > 0 then
     out[#out + 1] = conn:drain()

@@ -410,8 +410,8 @@ local function flatten(data, out)
 end
 
 -- One piece to the connection (stream.send's `write`), moving bytes until it is taken.
-local function write_piece(piece, self)
-  return drive(self, self.conn.write, piece)
+local function write_piece(data, from, to, self)
+  return drive(self, self.conn.write, data, from, to)
 end
 
 --- stream:send(data) -> bytes | nil, err, kind  (data: as the cosocket's send)

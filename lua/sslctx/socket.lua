@@ -548,8 +548,8 @@ end
 
 -- One piece to the connection (stream.send's `write`): bytes taken, 0 after a wait, or
 -- nil, err, kind.
-local function write_piece(piece, self, start)
-  local n, msg, kind = self.conn:write(piece)
+local function write_piece(data, from, to, self, start)
+  local n, msg, kind = self.conn:write(data, from, to)
   if n then
     self.wants = "nothing"
     return n

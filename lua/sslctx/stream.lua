@@ -166,19 +166,14 @@ end
 -- send
 
 --- send(data, i, j, chunk, write, a, b) -> j | nil, err, index of the last byte taken, kind
--- Hands data[i..j] (1 <= i, j <= #data) to write(piece, a, b) in pieces of at most `chunk`
--- bytes; write returns the bytes it took (0: none yet, call again with the same piece,
--- after waiting as the adapter waits) or nil, err, kind.
+-- Hands data[i..j] (1 <= i, j <= #data) to write(data, from, to, a, b) in ranges of at most
+-- `chunk` bytes (conn:write takes a range: no piece is copied); write returns the bytes it
+-- took (0: none yet, call again with the same range, after waiting as the adapter waits) or
+-- nil, err, kind.
 function M.send(data, i, j, chunk, write, a, b)
-  local size, pos = #data, i
-  local piece, piece_from
+  local pos = i
   while pos <= j do
-    local last = min(j, pos + chunk - 1)
-    if piece_from ~= pos or #piece ~= last - pos + 1 then
-      piece = (pos == 1 and last == size) and data or data:sub(pos, last)
-      piece_from = pos
-    end
-    local taken, err, kind = write(piece, a, b)
+    local taken, err, kind = write(data, pos, min(j, pos + chunk - 1), a, b)
     if not taken then return nil, err, pos - 1, kind end
     pos = pos + taken
   end
