@@ -39,7 +39,7 @@ build = {
             "src/x509.c", "src/pkey.c", "src/session.c", "src/bio.c",
             "src/hook.c", "src/conninfo.c", "src/policy.c", "src/trust.c",
             "src/tickets.c", "src/sessstore.c", "src/callback.c",
-            "src/ctx_callbacks.c",
+            "src/ctx_callbacks.c", "src/options.c",
          },
          libraries = { "ssl", "crypto", "dl" },
          incdirs = { "$(OPENSSL_INCDIR)" },
