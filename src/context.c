@@ -200,15 +200,14 @@ static int ctx_set_alpn_select(lua_State *L) {
   return 0;
 }
 
-
 /* ---- sessions ----------------------------------------------------------- */
 
 static int ctx_set_session_id_context(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
+  unsigned char name[32];
+  sx_digest d;
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
-  sx_digest d;
-  unsigned char name[32];
   int side;
   luaL_argcheck(L, len <= SSL_MAX_SID_CTX_LENGTH, 2, "session id context longer than 32 bytes");
   /* The name stands for the callbacks' share of the identity; the rest still counts. */
@@ -325,7 +324,7 @@ int sx_context_new(lua_State *L) {
   lua_pop(L, 1);
   c = ctx_create(L, side);
   obj = lua_gettop(L);
-  if (sx_options_apply(L, c, obj, 1) == 3) {
+  if (sx_options_apply(L, c, 1) == 3) {
     ctx_release(c);
     return 3;
   }

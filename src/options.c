@@ -11,10 +11,9 @@
 #include <openssl/pem.h>
 #include "private.h"
 
-/* Applies the value at idx to the context c (its object at obj); w says where the value came
- * from.  Returns 0; 1 with the setter's result pushed; or (material) 3 with nil, message,
- * kind pushed. */
-typedef int (*option_fn)(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w);
+/* Applies the value at idx to the context c; w says where the value came from.  Returns 0;
+ * 1 with the setter's result pushed; or (material) 3 with nil, message, kind pushed. */
+typedef int (*option_fn)(lua_State *L, sx_ctx *c, int idx, sx_where w);
 
 enum { CREATE, SETTING, MATERIAL };
 
@@ -34,6 +33,12 @@ static int check_boolean(lua_State *L, int idx, sx_where w) {
   return lua_toboolean(L, idx);
 }
 
+/* Pushes the context's object (for its uservalue); returns its index. */
+static int push_ctx(lua_State *L, sx_ctx *c) {
+  sx_objects_push(L, c);
+  return lua_gettop(L);
+}
+
 /* ---- verification ------------------------------------------------------- */
 
 /* A 'both' context's verify table has the keys client and server and nothing else: a
@@ -51,13 +56,13 @@ static void check_both_modes(lua_State *L, int t, sx_where w) {
   }
 }
 
-
 /* verify: a mode for the context's side; {client = mode, server = mode} for a 'both' one,
  * whose modes apply per connection. */
-static int apply_verify(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_verify(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   if (c->side != SX_BOTH) {
+    int obj = push_ctx(L, c);
     lua_pushlightuserdata(L, (void *)sx_KEEP);
-    sx_ctx_set_policy(L, obj, c, c->side, idx, w, lua_gettop(L), w);
+    sx_ctx_set_policy(L, obj, c, c->side, idx, w, obj + 1, w);
     return 0;
   }
   if (!lua_istable(L, idx)) sx_where_error(L, w, "a 'both' context takes {client = mode, server = mode}");
@@ -70,9 +75,9 @@ static int apply_verify(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
 }
 
 /* verify_callback: with the mode each side has now (a 'both' context: both sides). */
-static int apply_verify_callback(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_verify_callback(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   sx_where mw = {w.arg, "verify"};
-  int side;
+  int obj = push_ctx(L, c), side;
   for (side = SX_CLIENT; side <= SX_SERVER; side++) {
     if (c->side != SX_BOTH && c->side != side) continue;
     lua_pushinteger(L, c->policy[side].mode);
@@ -82,9 +87,8 @@ static int apply_verify_callback(lua_State *L, sx_ctx *c, int obj, int idx, sx_w
   return 0;
 }
 
-static int apply_verify_depth(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_verify_depth(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   lua_Integer n;
-  (void)obj;
   if (w.opt != NULL) {   /* sslctx.new's message, and the setter's below, as they always were */
     if (!sx_isintegral(L, idx) || lua_tointeger(L, idx) < 0 || lua_tointeger(L, idx) > SX_MAX_DEPTH)
       sx_where_error(L, w, "an integer from 0 to 2^31-1 expected");
@@ -103,10 +107,9 @@ static X509_VERIFY_PARAM *ctx_param(void *owner) {
   return c->ctx != NULL ? SSL_CTX_get0_param(c->ctx) : NULL;
 }
 
-static int apply_verify_params(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_verify_params(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   /* Both sides' policies share the one X509_VERIFY_PARAM of the SSL_CTX. */
   sx_policy *server = &c->policy[SX_SERVER], *client = &c->policy[SX_CLIENT];
-  (void)obj;
   sx_set_verify_params(L, ctx_param, c, idx, w, &c->flags_explicit, &c->params_identity, server);
   client->purpose = server->purpose;
   client->has_time = server->has_time;
@@ -131,14 +134,12 @@ static int parse_version(lua_State *L, int idx, sx_where w) {
   return values[k];
 }
 
-static int apply_min_version(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_min_version(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   SSL_CTX_set_min_proto_version(c->ctx, parse_version(L, idx, w));
   return 0;
 }
 
-static int apply_max_version(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_max_version(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   SSL_CTX_set_max_proto_version(c->ctx, parse_version(L, idx, w));
   /* sslctx.new checks the pair once both are applied; a setter never did */
   if (w.opt != NULL && SSL_CTX_get_max_proto_version(c->ctx) != 0 &&
@@ -147,8 +148,7 @@ static int apply_max_version(lua_State *L, sx_ctx *c, int obj, int idx, sx_where
   return 0;
 }
 
-static int apply_security_level(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_security_level(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   if (!sx_isintegral(L, idx) || lua_tointeger(L, idx) < 0 || lua_tointeger(L, idx) > 5)
     return sx_where_error(L, w, "security level must be an integer from 0 to 5");
   SSL_CTX_set_security_level(c->ctx, (int)lua_tointeger(L, idx));
@@ -183,18 +183,15 @@ static int set_string_setting(lua_State *L, sx_ctx *c, int which, int idx, sx_wh
   return 0;
 }
 
-static int apply_ciphers(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_ciphers(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   return set_string_setting(L, c, STR_CIPHERS, idx, w);
 }
 
-static int apply_ciphersuites(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_ciphersuites(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   return set_string_setting(L, c, STR_CIPHERSUITES, idx, w);
 }
 
-static int apply_groups(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_groups(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   return set_string_setting(L, c, STR_GROUPS, idx, w);
 }
 
@@ -231,10 +228,9 @@ void sx_alpn_wire(lua_State *L, int idx, sx_where w) {
   luaL_pushresult(&b);
 }
 
-static int apply_alpn(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_alpn(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   size_t len;
   const char *wire;
-  (void)obj;
   sx_alpn_wire(L, idx, w);
   wire = lua_tolstring(L, -1, &len);
   if (SSL_CTX_set_alpn_protos(c->ctx, (const unsigned char *)wire, (unsigned)len) != 0)
@@ -360,8 +356,7 @@ static int push_options(lua_State *L, uint64_t set) {
   }
   return 1;
 }
-static int apply_options(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_options(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   return push_options(L, SSL_CTX_set_options(c->ctx, parse_options(L, idx, w)));
 }
 
@@ -375,9 +370,8 @@ int sx_ctx_get_options(lua_State *L) {
   return push_options(L, SSL_CTX_get_options(sx_ctx_check(L, 1)->ctx));
 }
 
-static int apply_post_handshake_auth(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_post_handshake_auth(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   int on = check_boolean(L, idx, w);
-  (void)obj;
   SSL_CTX_set_post_handshake_auth(c->ctx, on);
   c->post_handshake_auth = on;
   return 0;
@@ -387,9 +381,8 @@ static int apply_post_handshake_auth(lua_State *L, sx_ctx *c, int obj, int idx, 
 
 /* 0 turns the server's session cache off (OpenSSL would read 0 as "unlimited"): with
  * session_tickets = false too, a server then resumes nothing. */
-static int apply_session_cache_size(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_session_cache_size(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   long size, mode;
-  (void)obj;
   if (!sx_isintegral(L, idx) || lua_tointeger(L, idx) < 0)
     return sx_where_error(L, w, "session cache size must be a non-negative integer");
   size = (long)lua_tointeger(L, idx);
@@ -404,15 +397,13 @@ static int apply_session_cache_size(lua_State *L, sx_ctx *c, int obj, int idx, s
   return 0;
 }
 
-static int apply_session_tickets(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_session_tickets(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   if (check_boolean(L, idx, w)) SSL_CTX_clear_options(c->ctx, SSL_OP_NO_TICKET);
   else SSL_CTX_set_options(c->ctx, SSL_OP_NO_TICKET);
   return 0;
 }
 
-static int apply_ticket_key_rotation(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_ticket_key_rotation(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   if (lua_type(L, idx) != LUA_TNUMBER || !(lua_tonumber(L, idx) >= 0.001) || lua_tonumber(L, idx) > 1e9)
     sx_where_error(L, w, "seconds (a number from 0.001 to 1e9) expected");
   if (c->side == SX_CLIENT) luaL_argerror(L, w.arg, "option 'ticket_key_rotation' is for server contexts");
@@ -420,8 +411,7 @@ static int apply_ticket_key_rotation(lua_State *L, sx_ctx *c, int obj, int idx, 
   return 0;
 }
 
-static int apply_release_buffers(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_release_buffers(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   if (check_boolean(L, idx, w)) SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
   else SSL_CTX_clear_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
   return 0;
@@ -439,38 +429,33 @@ static int without_client_ca(lua_State *L, sx_where w) {
   return none;
 }
 
-static int apply_ca_file(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_ca_file(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   if (lua_type(L, idx) != LUA_TSTRING) sx_where_error(L, w, "string expected");
   if (sx_trust_load_locations(L, c, lua_tostring(L, idx), NULL) == 3) return 3;
   if (without_client_ca(L, w)) sx_trust_names_from_file(c, lua_tostring(L, idx));
   return 0;
 }
 
-static int apply_ca_path(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_ca_path(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   if (lua_type(L, idx) != LUA_TSTRING) sx_where_error(L, w, "string expected");
   return sx_trust_load_locations(L, c, NULL, lua_tostring(L, idx));
 }
 
-static int apply_client_ca(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   return sx_trust_set_client_ca(L, c, idx, w);
 }
 
-static int apply_ca(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  (void)obj;
+static int apply_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   return sx_trust_add_ca(L, c, idx, without_client_ca(L, w), w);
 }
 
 /* ---- DH, certificate, key, password -------------------------------------- */
 
-static int apply_dh(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_dh(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   size_t len;
   const char *s;
   BIO *bio;
   int ok;
-  (void)obj;
   if (lua_type(L, idx) != LUA_TSTRING) return sx_where_typeerror(L, w, idx, "'auto', a file or PEM");
   s = lua_tolstring(L, idx, &len);
   ERR_clear_error();
@@ -502,10 +487,9 @@ static int apply_dh(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
   return 0;
 }
 
-static int apply_certificate(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_certificate(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   STACK_OF(X509) *certs;
   int i, ok;
-  (void)obj;
   luaL_checkany(L, idx);   /* a setter's missing argument (an option is never nil) */
   if ((certs = sx_load_certs(L, idx, "certificate", w)) == NULL) return 3;
   if (sk_X509_num(certs) == 0) {
@@ -525,13 +509,13 @@ static int apply_certificate(lua_State *L, sx_ctx *c, int obj, int idx, sx_where
 }
 
 /* Loads the key at idx, with the password at pw_idx (0: the context's stored one). */
-static int use_private_key(lua_State *L, sx_ctx *c, int obj, int idx, int pw_idx, sx_where w) {
+static int use_private_key(lua_State *L, sx_ctx *c, int idx, int pw_idx, sx_where w) {
   sx_password pw;
   EVP_PKEY *key;
   int ok;
   idx = lua_absindex(L, idx);
   if (pw_idx == 0) {
-    sx_ctx_uv_get(L, obj, "password");
+    sx_ctx_uv_get(L, push_ctx(L, c), "password");
     pw_idx = lua_gettop(L);
   }
   pw.L = L;
@@ -554,20 +538,20 @@ static int use_private_key(lua_State *L, sx_ctx *c, int obj, int idx, int pw_idx
 }
 
 /* key; the setter use_private_key(key [, password]) also takes a password for this key only. */
-static int apply_key(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
+static int apply_key(lua_State *L, sx_ctx *c, int idx, sx_where w) {
   int pw = idx + 1;
   luaL_checkany(L, idx);
-  if (w.opt != NULL || lua_isnoneornil(L, pw)) return use_private_key(L, c, obj, idx, 0, w);
+  if (w.opt != NULL || lua_isnoneornil(L, pw)) return use_private_key(L, c, idx, 0, w);
   if (lua_type(L, pw) != LUA_TSTRING && lua_type(L, pw) != LUA_TFUNCTION)
     return luaL_argerror(L, pw, "password must be a string or a function");
-  return use_private_key(L, c, obj, idx, pw, w);
+  return use_private_key(L, c, idx, pw, w);
 }
 
 /* password: for the keys that follow (the setter, set_password_callback, takes a table). */
-static int apply_password(lua_State *L, sx_ctx *c, int obj, int idx, sx_where w) {
-  int t = lua_type(L, idx);
-  (void)c;
+static int apply_password(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  int t = lua_type(L, idx), obj;
   if (t != LUA_TSTRING && t != LUA_TFUNCTION) sx_where_typeerror(L, w, idx, "string or function");
+  obj = push_ctx(L, c);
   lua_pushvalue(L, idx);
   sx_ctx_uv_set(L, obj, "password");
   return 0;
@@ -596,6 +580,7 @@ static const option options[] = {
   {"ticket_key_rotation",  SETTING,  apply_ticket_key_rotation,  NULL,                      0},
   {"release_buffers",      SETTING,  apply_release_buffers,      NULL,                      0},
   {"password",             SETTING,  apply_password,             NULL,                      0},
+  /* material: trust anchors first (trust.c), then the context's own */
   {"ca_file",              MATERIAL, apply_ca_file,              NULL,                      1},
   {"ca_path",              MATERIAL, apply_ca_path,              NULL,                      1},
   {"client_ca",            MATERIAL, apply_client_ca,            "set_client_ca_list",      0},
@@ -623,7 +608,7 @@ void sx_options_check_names(lua_State *L, int opts) {
 
 /* sslctx.new: applies the options of the table at opts (argument 1) in the table's order,
  * then a client's default trust.  0, or 3 with nil, message, kind pushed (a file or key). */
-int sx_options_apply(lua_State *L, sx_ctx *c, int obj, int opts) {
+int sx_options_apply(lua_State *L, sx_ctx *c, int opts) {
   const option *e;
   int anchors = 0;
   for (e = options; e->name != NULL; e++) {
@@ -634,7 +619,7 @@ int sx_options_apply(lua_State *L, sx_ctx *c, int obj, int opts) {
     lua_getfield(L, opts, e->name);
     if (!lua_isnil(L, -1)) {
       anchors |= e->anchors;
-      if (e->apply(L, c, obj, top + 1, w) == 3) return 3;
+      if (e->apply(L, c, top + 1, w) == 3) return 3;
     }
     lua_settop(L, top);
   }
@@ -648,7 +633,7 @@ static int option_setter(lua_State *L) {
   const option *e = (const option *)lua_touserdata(L, lua_upvalueindex(1));
   sx_ctx *c = sx_ctx_check(L, 1);
   sx_where w = {2, NULL};
-  int n = e->apply(L, c, 1, 2, w);
+  int n = e->apply(L, c, 2, w);
   if (n != 0 || e->phase != MATERIAL) return n;
   lua_pushboolean(L, 1);
   return 1;

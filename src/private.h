@@ -298,7 +298,7 @@ int sx_connection_new(lua_State *L);   /* ctx:new_connection (connection.c) */
 /* ---- options.c: sslctx.new{} and the setters, from one table ------------- */
 
 void sx_options_check_names(lua_State *L, int opts);
-int sx_options_apply(lua_State *L, sx_ctx *c, int obj, int opts);
+int sx_options_apply(lua_State *L, sx_ctx *c, int opts);
 void sx_options_register(lua_State *L, int methods);
 int sx_ctx_clear_options(lua_State *L);
 int sx_ctx_get_options(lua_State *L);
