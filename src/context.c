@@ -115,11 +115,11 @@ static int ctx_get_verification_mode(lua_State *L) {
   sx_ctx_uv_get(L, 1, eff == SX_CLIENT ? "cb_client" : "cb_server");
   return 4;
 }
+
 static int ctx_get_verify_depth(lua_State *L) {
   lua_pushinteger(L, SSL_CTX_get_verify_depth(sx_ctx_check(L, 1)->ctx));
   return 1;
 }
-
 
 /* ---- trust (trust.c) ---------------------------------------------------- */
 
@@ -148,7 +148,7 @@ static int ctx_set_default_verify_paths(lua_State *L) {
   return 1;
 }
 
-/* ---- keys, settings ----------------------------------------------------- */
+/* ---- password, security level, ALPN select ----------------------------- */
 
 static int ctx_set_password_callback(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
@@ -169,12 +169,10 @@ static int ctx_set_password_callback(lua_State *L) {
   return 0;
 }
 
-
 static int ctx_get_security_level(lua_State *L) {
   lua_pushinteger(L, SSL_CTX_get_security_level(sx_ctx_check(L, 1)->ctx));
   return 1;
 }
-
 
 static int ctx_set_alpn_select(lua_State *L) {
   sx_ctx *c = sx_ctx_check(L, 1);
@@ -303,7 +301,6 @@ static sx_ctx *ctx_create(lua_State *L, int side) {
   }
   return c;
 }
-
 
 int sx_context_new(lua_State *L) {
   int side = SX_CLIENT, obj;
