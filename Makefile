@@ -25,7 +25,7 @@ BUSTED ?= /usr/bin/busted
 SRCS := src/core.c src/context.c src/connection.c src/verify.c src/x509.c \
         src/pkey.c src/session.c src/bio.c src/hook.c src/conninfo.c \
         src/policy.c src/trust.c src/tickets.c src/sessstore.c src/callback.c \
-        src/ctx_callbacks.c src/conn_io.c src/conn_policy.c src/loaders.c
+        src/ctx_callbacks.c src/conn_io.c src/conn_policy.c src/loaders.c src/options.c
 HDRS := src/compat.h src/private.h
 
 # Search paths for the specs: our Lua front and spec helpers, then the default.

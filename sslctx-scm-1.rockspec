@@ -40,7 +40,7 @@ build = {
             "src/hook.c", "src/conninfo.c", "src/policy.c", "src/trust.c",
             "src/tickets.c", "src/sessstore.c", "src/callback.c",
             "src/ctx_callbacks.c", "src/conn_io.c", "src/conn_policy.c",
-            "src/loaders.c",
+            "src/loaders.c", "src/options.c",
          },
          libraries = { "ssl", "crypto", "dl" },
          incdirs = { "$(OPENSSL_INCDIR)" },

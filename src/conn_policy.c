@@ -2,7 +2,8 @@
  * callback, depth, parameters, soft fail, the session id context or policy name, and the
  * servername callback's switch to another context's server policy.  Every setter starts with
  * sx_conn_policy_check and ends with the policy's identity following the change (policy.c).
- * conn:set_trust is in connection.c. */
+ * conn:set_trust builds its store and client-CA list with trust.c. */
+#include <string.h>
 #include "private.h"
 
 /* ---- per-connection verification --------------------------------------- */
@@ -156,7 +157,29 @@ void sx_conn_switch_context(lua_State *L, sx_conn *conn, sx_ctx *nc, int nc_idx)
   lua_pop(L, 2);
 }
 
+/* conn:set_trust{ca_file = path, ca = pem} -> true | nil, msg, kind: a trust store and a
+ * client-CA list of this connection's own (a borrowed one verifies against it instead of its
+ * owner's).  Its identity is built as a context's is (trust.c), so that equal trust gives
+ * equal policies wherever it was set. */
+static int conn_set_trust(lua_State *L) {
+  sx_conn *conn = sx_conn_policy_check(L, "set_trust");
+  sx_anchors a;
+  if (sx_trust_anchors(L, 2, &a) == 3) return 3;
+  if (conn->ssl == NULL || conn->close_asked) {   /* closed by Lua code run while the table was read */
+    sx_anchors_free(&a);
+    return luaL_argerror(L, 1, "closed while the trust table was read");
+  }
+  SSL_set0_verify_cert_store(conn->ssl, a.store);   /* takes ownership */
+  SSL_set_client_CA_list(conn->ssl, a.names);       /* takes ownership */
+  memcpy(conn->policy.trust, a.id, sizeof a.id);
+  conn->trust_unknown = 0;
+  sx_conn_policy_changed(L, conn);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 const luaL_Reg sx_conn_policy_methods[] = {
+  {"set_trust", conn_set_trust},
   {"set_verification_mode", conn_set_verification_mode},
   {"get_verification_mode", conn_get_verification_mode},
   {"set_verify_depth", conn_set_verify_depth},

@@ -176,74 +176,6 @@ static int conn_getfd(lua_State *L) {
   return 1;
 }
 
-/* conn_set_trust's name for sx_conn_policy_check (conn_policy.c). */
-static inline sx_conn *policy_check(lua_State *L, const char *what) {
-  return sx_conn_policy_check(L, what);
-}
-
-/* ---- per-connection trust ---------------------------------------------- */
-
-/* conn:set_trust{ca_file = path, ca = pem} -> true | nil, msg, kind: a trust store and a
- * client-CA list of this connection's own (a borrowed one verifies against it instead of its
- * owner's).  Its identity is built as a context's is (trust.c), so that equal trust gives
- * equal policies wherever it was set. */
-static int conn_set_trust(lua_State *L) {
-  sx_conn *conn = policy_check(L, "set_trust");
-  STACK_OF(X509) *certs = NULL;
-  X509_STORE *store;
-  STACK_OF(X509_NAME) *names;
-  unsigned char id[32];
-  const char *file;
-  int i;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  lua_getfield(L, 2, "ca_file");
-  lua_getfield(L, 2, "ca");
-  if (lua_isnil(L, 3) && lua_isnil(L, 4)) return luaL_argerror(L, 2, "'ca_file' or 'ca' expected");
-  if (!lua_isnil(L, 3) && lua_type(L, 3) != LUA_TSTRING) return luaL_argerror(L, 2, "'ca_file' must be a string");
-  file = lua_tostring(L, 3);
-  if (!lua_isnil(L, 4)) {   /* may raise: before anything is allocated */
-    sx_where w = {2, "ca"};
-    if ((certs = sx_load_certs(L, 4, "ca", w)) == NULL) return 3;
-  }
-  memset(id, 0, sizeof id);
-  store = X509_STORE_new();
-  names = sk_X509_NAME_new_null();
-  ERR_clear_error();
-  if (store == NULL || names == NULL || (file != NULL && !sx_trust_add_file(store, file, id))) {
-    X509_STORE_free(store);
-    sk_X509_NAME_free(names);
-    sk_X509_pop_free(certs, X509_free);
-    if (file == NULL || store == NULL || names == NULL) return luaL_error(L, "out of memory");
-    return sx_push_error(L, lua_pushfstring(L, "trust file '%s'", file), "file");
-  }
-  if (file != NULL) {
-    STACK_OF(X509_NAME) *from_file = SSL_load_client_CA_file(file);
-    while (from_file != NULL && sk_X509_NAME_num(from_file) > 0)
-      if (!sk_X509_NAME_push(names, sk_X509_NAME_shift(from_file))) break;
-    sk_X509_NAME_pop_free(from_file, X509_NAME_free);
-  }
-  for (i = 0; certs != NULL && i < sk_X509_num(certs); i++) {
-    X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(sk_X509_value(certs, i)));
-    sx_trust_add_cert(store, sk_X509_value(certs, i), id);
-    if (nm != NULL && !sk_X509_NAME_push(names, nm)) X509_NAME_free(nm);
-  }
-  sk_X509_pop_free(certs, X509_free);
-  ERR_clear_error();
-  if (conn->ssl == NULL || conn->close_asked) {   /* closed by Lua code run while the table was read */
-    X509_STORE_free(store);
-    sk_X509_NAME_pop_free(names, X509_NAME_free);
-    return luaL_argerror(L, 1, "closed while the trust table was read");
-  }
-  SSL_set0_verify_cert_store(conn->ssl, store);   /* takes ownership */
-  SSL_set_client_CA_list(conn->ssl, names);       /* takes ownership */
-  memcpy(conn->policy.trust, id, sizeof id);
-  conn->trust_unknown = 0;
-  sx_conn_policy_changed(L, conn);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 /* conn:set_logger(fn(message)): where a borrowed connection's callback errors go. */
 static int conn_set_logger(lua_State *L) {
   sx_conn_check(L, 1);
@@ -528,7 +460,6 @@ void sx_connection_open(lua_State *L) {
     {"side", conn_side},
     {"context", conn_context},
     {"getfd", conn_getfd},
-    {"set_trust", conn_set_trust},
     {"set_logger", conn_set_logger},
     {"is_borrowed", conn_is_borrowed},
     {NULL, NULL}

@@ -279,8 +279,30 @@ int sx_callback_run_logged(sx_conn *conn, const char *what, lua_CFunction helper
 
 void sx_context_open(lua_State *L);
 sx_ctx *sx_ctx_check(lua_State *L, int arg);
-/* Lends the context's trust store to a new connection's SSL (copy on write afterwards). */
-int sx_ctx_lend_trust(sx_ctx *c, SSL *ssl);
+extern const char *const sx_side_names[];   /* "client", "server", "both" by SX_* */
+/* The context's uservalue: uv[field] = the value on top (popped) / pushes uv[field]. */
+void sx_ctx_uv_set(lua_State *L, int obj, const char *field);
+void sx_ctx_uv_get(lua_State *L, int obj, const char *field);
+/* Sets one side's mode and callback from the values at mode_idx / cb_idx (sslctx.KEEP keeps
+ * the callback). */
+void sx_ctx_set_policy(lua_State *L, int obj, sx_ctx *c, int side, int mode_idx,
+                       sx_where mode_w, int cb_idx, sx_where cb_w);
+/* Whatever decides a verdict changed: the server's session id context is derived again. */
+static inline void sx_ctx_policy_changed(sx_ctx *c) {
+  c->sid_dirty = 1;
+  c->policy_gen++;
+}
+int sx_connection_new(lua_State *L);   /* ctx:new_connection (connection.c) */
+
+/* ---- options.c: sslctx.new{} and the setters, from one table ------------- */
+
+void sx_options_check_names(lua_State *L, int opts);
+int sx_options_apply(lua_State *L, sx_ctx *c, int opts);
+void sx_options_register(lua_State *L, int methods);
+int sx_ctx_clear_options(lua_State *L);
+int sx_ctx_get_options(lua_State *L);
+/* Pushes the wire form (length-prefixed names) of the protocol list at idx. */
+void sx_alpn_wire(lua_State *L, int idx, sx_where w);
 
 /* ---- policy.c: the verification policy's identity ----------------------- */
 
@@ -333,6 +355,23 @@ void sx_trust_digest_objects(X509_STORE *store, unsigned char id[32]);
 /* Gives every open server connection of ctx that reads the context's client-CA list a copy
  * of its own, before the context changes it. */
 void sx_trust_pin_client_ca(lua_State *L, SSL_CTX *ctx);
+/* A context's trust.  Those returning int give 0, or 3 with nil, message, kind pushed. */
+void sx_trust_use_default(sx_ctx *c);                 /* the system's roots, shared */
+int sx_ctx_lend_trust(sx_ctx *c, SSL *ssl);   /* to a new connection (copy on write afterwards) */
+int sx_trust_add_crls(lua_State *L, sx_ctx *c, int idx, sx_where w);
+int sx_trust_load_locations(lua_State *L, sx_ctx *c, const char *file, const char *dir);
+int sx_trust_load_defaults(lua_State *L, sx_ctx *c);
+void sx_trust_names_from_file(sx_ctx *c, const char *file);   /* the client-CA list */
+int sx_trust_add_ca(lua_State *L, sx_ctx *c, int idx, int add_names, sx_where w);
+int sx_trust_set_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w);
+/* A connection's own trust (conn:set_trust): store, identity and client-CA list. */
+typedef struct sx_anchors {
+  X509_STORE *store;
+  STACK_OF(X509_NAME) *names;
+  unsigned char id[32];
+} sx_anchors;
+int sx_trust_anchors(lua_State *L, int arg, sx_anchors *a);
+void sx_anchors_free(sx_anchors *a);
 
 /* ---- the connection class: connection.c, conn_io.c, conn_policy.c, conninfo.c ---- */
 

@@ -1,11 +1,13 @@
-/* trust.c: trust stores (X509_STORE) as contexts and connections build them, each with an
- * identity that the verification policy digests (policy.c).
+/* trust.c: trust stores (X509_STORE), CRLs and client-CA lists, for contexts and connections
+ * alike, each store with an identity that the verification policy digests (policy.c).
  *
  * The identity is a running digest of what was added, in order: each certificate and CRL by
  * its SHA-256, each hashed directory by its path.  It never looks at the store's objects,
  * which a hashed directory grows lazily while verifying: two processes that configure the
  * same trust get the same identity, whatever each has verified since. */
+#include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <openssl/pem.h>
 #include "private.h"
 
@@ -170,4 +172,281 @@ void sx_trust_digest_objects(X509_STORE *store, unsigned char id[32]) {
     }
   }
   X509_STORE_unlock(store);
+}
+
+/* ---- trust anchors and the names a server asks for ------------------------ */
+
+/* The subjects of certs, appended to names (a server's certificate request lists them). */
+static void add_subjects(STACK_OF(X509_NAME) *names, STACK_OF(X509) *certs) {
+  int i;
+  for (i = 0; i < sk_X509_num(certs); i++) {
+    X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(sk_X509_value(certs, i)));
+    if (nm != NULL && !sk_X509_NAME_push(names, nm)) X509_NAME_free(nm);
+  }
+}
+
+/* The subjects of a PEM file's certificates, appended to names. */
+static void add_file_subjects(STACK_OF(X509_NAME) *names, const char *file) {
+  STACK_OF(X509_NAME) *from_file = SSL_load_client_CA_file(file);
+  while (from_file != NULL && sk_X509_NAME_num(from_file) > 0)
+    if (!sk_X509_NAME_push(names, sk_X509_NAME_shift(from_file))) break;
+  sk_X509_NAME_pop_free(from_file, X509_NAME_free);
+  ERR_clear_error();
+}
+
+/* ---- a context's trust ---------------------------------------------------- */
+
+static void trust_changed(sx_ctx *c) {
+  memcpy(c->policy[SX_CLIENT].trust, c->trust_id, 32);
+  memcpy(c->policy[SX_SERVER].trust, c->trust_id, 32);
+  sx_ctx_policy_changed(c);
+}
+
+/* The system's roots, loaded once per process and shared (refcounted) by every client
+ * context that trusts the defaults: loading them costs milliseconds and ~1 MiB a context.
+ * A context that later changes its trust gets a store of its own first (copy on write). */
+static X509_STORE *default_store = NULL;
+static CRYPTO_ONCE default_store_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void default_store_init(void) {
+  X509_STORE *s = X509_STORE_new();
+  if (s != NULL && X509_STORE_set_default_paths(s)) default_store = s;
+  else X509_STORE_free(s);
+  ERR_clear_error();
+}
+
+void sx_trust_use_default(sx_ctx *c) {
+  if (!CRYPTO_THREAD_run_once(&default_store_once, default_store_init) || default_store == NULL ||
+      !X509_STORE_up_ref(default_store)) {
+    /* no shared store: load privately */
+    sx_trust_add_defaults(SSL_CTX_get_cert_store(c->ctx), c->trust_id, &c->trust_dirs);
+    ERR_clear_error();
+  } else {
+    SSL_CTX_set_cert_store(c->ctx, default_store);   /* frees the empty store it had */
+    c->store_shared = 1;
+    sx_trust_add_defaults(NULL, c->trust_id, &c->trust_dirs);
+  }
+  trust_changed(c);
+}
+
+/* Copy on write: the process-wide default store, or one lent to connections, is changed in
+ * a copy, so that connections keep the trust they were made with.  NULL when out of memory. */
+static X509_STORE *writable_store(sx_ctx *c) {
+  if (c->store_shared || c->store_lent) {
+    X509_STORE *copy = sx_trust_copy(SSL_CTX_get_cert_store(c->ctx), c->trust_dirs);
+    if (copy == NULL) return NULL;
+    SSL_CTX_set_cert_store(c->ctx, copy);   /* drops the context's reference to the old one */
+    c->store_shared = c->store_lent = 0;
+  }
+  return SSL_CTX_get_cert_store(c->ctx);
+}
+
+static X509_STORE *writable_store_or_raise(lua_State *L, sx_ctx *c) {
+  X509_STORE *store = writable_store(c);
+  if (store == NULL) luaL_error(L, "out of memory");
+  return store;
+}
+
+int sx_ctx_lend_trust(sx_ctx *c, SSL *ssl) {
+  if (!SSL_set1_verify_cert_store(ssl, SSL_CTX_get_cert_store(c->ctx))) return 0;
+  c->store_lent = 1;
+  return 1;
+}
+
+int sx_trust_add_crls(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  STACK_OF(X509_CRL) *crls = sx_load_crls(L, idx, w);
+  X509_STORE *store;
+  int i;
+  if (crls == NULL) return 3;
+  store = writable_store(c);
+  for (i = 0; store != NULL && i < sk_X509_CRL_num(crls); i++)
+    sx_trust_add_crl(store, sk_X509_CRL_value(crls, i), c->trust_id);
+  sk_X509_CRL_pop_free(crls, X509_CRL_free);
+  if (store == NULL) return luaL_error(L, "out of memory");
+  ERR_clear_error();   /* a CRL already present is not a failure */
+  if (!c->flags_explicit) X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(c->ctx), X509_V_FLAG_CRL_CHECK);
+  trust_changed(c);
+  return 0;
+}
+
+/* OpenSSL only records a hashed directory and looks into it while verifying, so a missing
+ * one would pass silently here and fail every verification later: check each entry of the
+ * ':'-separated list now.  Nil, message, "file" or 0. */
+static int check_trust_dirs(lua_State *L, const char *dirs) {
+  const char *p = dirs;
+  while (*p != '\0') {
+    const char *end = strchr(p, ':');
+    size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+    if (n > 0) {
+      struct stat st;
+      const char *one, *why;
+      lua_pushlstring(L, p, n);   /* returns void on 5.1 */
+      one = lua_tostring(L, -1);
+      why = stat(one, &st) != 0 ? strerror(errno) : !S_ISDIR(st.st_mode) ? "not a directory" : NULL;
+      if (why != NULL) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "trust directory '%s': %s", one, why);
+        lua_pushliteral(L, "file");
+        return 3;
+      }
+      lua_pop(L, 1);
+    }
+    p += n;
+    if (*p == ':') p++;
+  }
+  return 0;
+}
+
+int sx_trust_load_locations(lua_State *L, sx_ctx *c, const char *file, const char *dir) {
+  X509_STORE *store;
+  if (dir != NULL && check_trust_dirs(L, dir) == 3) return 3;
+  store = writable_store_or_raise(L, c);
+  ERR_clear_error();
+  if ((file != NULL && !sx_trust_add_file(store, file, c->trust_id)) ||
+      (dir != NULL && !sx_trust_add_dir(store, dir, c->trust_id, &c->trust_dirs))) {
+    const char *what = file != NULL ? file : dir;
+    trust_changed(c);   /* what was added counts */
+    return sx_push_error(L, lua_pushfstring(L, "trust locations '%s'", what), "file");
+  }
+  trust_changed(c);
+  return 0;
+}
+
+int sx_trust_load_defaults(lua_State *L, sx_ctx *c) {
+  ERR_clear_error();
+  if (!sx_trust_add_defaults(writable_store_or_raise(L, c), c->trust_id, &c->trust_dirs)) {
+    trust_changed(c);
+    return sx_push_error(L, "default trust paths", "file");
+  }
+  trust_changed(c);
+  return 0;
+}
+
+/* Before the context's client-CA list changes: its connections keep the one they have. */
+static void pin_names(lua_State *L, sx_ctx *c) {
+  if (!c->names_lent) return;
+  sx_trust_pin_client_ca(L, c->ctx);
+  c->names_lent = 0;
+}
+
+void sx_trust_names_from_file(sx_ctx *c, const char *file) {
+  STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(file);
+  if (names != NULL) SSL_CTX_set_client_CA_list(c->ctx, names);
+  ERR_clear_error();
+}
+
+/* Adds PEM text (or an x509 / list) at idx to the trust store, and its subjects to the client
+ * CA list when add_names. */
+int sx_trust_add_ca(lua_State *L, sx_ctx *c, int idx, int add_names, sx_where w) {
+  STACK_OF(X509) *certs = sx_load_certs(L, idx, "ca", w);
+  X509_STORE *store;
+  int i;
+  if (certs == NULL) return 3;
+  store = writable_store(c);
+  if (add_names) pin_names(L, c);
+  for (i = 0; store != NULL && i < sk_X509_num(certs); i++) {
+    sx_trust_add_cert(store, sk_X509_value(certs, i), c->trust_id);
+    if (add_names) SSL_CTX_add_client_CA(c->ctx, sk_X509_value(certs, i));
+  }
+  sk_X509_pop_free(certs, X509_free);
+  if (store == NULL) return luaL_error(L, "out of memory");
+  ERR_clear_error();   /* duplicates are not failures */
+  trust_changed(c);
+  return 0;
+}
+
+/* client_ca: a list of files / PEM texts, or false for an empty list. */
+int sx_trust_set_client_ca(lua_State *L, sx_ctx *c, int idx, sx_where w) {
+  STACK_OF(X509_NAME) *names;
+  int i, n;
+  idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) == LUA_TBOOLEAN && !lua_toboolean(L, idx)) {
+    pin_names(L, c);
+    SSL_CTX_set_client_CA_list(c->ctx, sk_X509_NAME_new_null());
+    return 0;
+  }
+  if (lua_type(L, idx) == LUA_TSTRING) {   /* one file or PEM text: treat as a list of one */
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, -2, 1);
+    lua_replace(L, idx);
+  }
+  if (!lua_istable(L, idx)) return sx_where_typeerror(L, w, idx, "list of files or PEM texts, or false");
+  n = (int)lua_rawlen(L, idx);
+  for (i = 1; i <= n; i++) {   /* check first: nothing may raise once the list is allocated */
+    int t;
+    lua_rawgeti(L, idx, i);
+    t = lua_type(L, -1);
+    if (t == LUA_TUSERDATA && luaL_testudata(L, -1, SX_X509_MT) && sx_x509_test(L, -1) == NULL)
+      return sx_where_error(L, w, lua_pushfstring(L, "entry #%d: x509 is closed", i));
+    if (t != LUA_TSTRING && !(t == LUA_TUSERDATA && sx_x509_test(L, -1) != NULL))
+      return sx_where_error(L, w, lua_pushfstring(L, "entry #%d: file name, PEM text or sslctx.x509 "
+                                                     "expected, got %s", i, luaL_typename(L, -1)));
+    lua_pop(L, 1);
+  }
+  pin_names(L, c);   /* may raise: before the new list is allocated */
+  names = sk_X509_NAME_new_null();
+  if (names == NULL) return luaL_error(L, "out of memory");
+  for (i = 1; i <= n; i++) {
+    STACK_OF(X509) *certs;
+    lua_rawgeti(L, idx, i);
+    certs = sx_load_certs(L, lua_absindex(L, -1), "client_ca", w);
+    if (certs == NULL) {
+      sk_X509_NAME_pop_free(names, X509_NAME_free);
+      return 3;
+    }
+    add_subjects(names, certs);
+    sk_X509_pop_free(certs, X509_free);
+    lua_pop(L, 1);
+  }
+  SSL_CTX_set_client_CA_list(c->ctx, names);
+  return 0;
+}
+
+/* ---- a connection's own trust (conn:set_trust) ---------------------------- */
+
+void sx_anchors_free(sx_anchors *a) {
+  X509_STORE_free(a->store);
+  sk_X509_NAME_pop_free(a->names, X509_NAME_free);
+  a->store = NULL;
+  a->names = NULL;
+}
+
+/* {ca_file = path, ca = pem} at arg: a new store, its identity (built as a context's is, so
+ * that equal trust gives equal policies wherever it was set) and the names of its anchors.
+ * 0, or 3 with nil, message, kind pushed. */
+int sx_trust_anchors(lua_State *L, int arg, sx_anchors *a) {
+  STACK_OF(X509) *certs = NULL;
+  const char *file;
+  int i, top;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_getfield(L, arg, "ca_file");
+  lua_getfield(L, arg, "ca");
+  top = lua_gettop(L);
+  if (lua_isnil(L, top - 1) && lua_isnil(L, top)) return luaL_argerror(L, arg, "'ca_file' or 'ca' expected");
+  if (!lua_isnil(L, top - 1) && lua_type(L, top - 1) != LUA_TSTRING)
+    return luaL_argerror(L, arg, "'ca_file' must be a string");
+  file = lua_tostring(L, top - 1);
+  if (!lua_isnil(L, top)) {   /* may raise: before anything is allocated */
+    sx_where w = {arg, "ca"};
+    if ((certs = sx_load_certs(L, top, "ca", w)) == NULL) return 3;
+  }
+  memset(a->id, 0, sizeof a->id);
+  a->store = X509_STORE_new();
+  a->names = sk_X509_NAME_new_null();
+  ERR_clear_error();
+  if (a->store == NULL || a->names == NULL || (file != NULL && !sx_trust_add_file(a->store, file, a->id))) {
+    int oom = file == NULL || a->store == NULL || a->names == NULL;
+    sx_anchors_free(a);
+    sk_X509_pop_free(certs, X509_free);
+    if (oom) return luaL_error(L, "out of memory");
+    return sx_push_error(L, lua_pushfstring(L, "trust file '%s'", file), "file");
+  }
+  if (file != NULL) add_file_subjects(a->names, file);
+  for (i = 0; certs != NULL && i < sk_X509_num(certs); i++)
+    sx_trust_add_cert(a->store, sk_X509_value(certs, i), a->id);
+  if (certs != NULL) add_subjects(a->names, certs);
+  sk_X509_pop_free(certs, X509_free);
+  ERR_clear_error();
+  return 0;
 }
