@@ -153,5 +153,15 @@ int SSL_get_verify_mode(const SSL *);
       local msg = helper.raises(sslctx.borrow, ffi.cast("void *", nil))
       assert.truthy(msg:find("NULL", 1, true), msg)
     end)
+
+    -- The type check is the core's own: no Lua code can loosen it (there once was a setter).
+    it("refuses cdata that are not pointers, and offers no way to change that", function()
+      for _, v in ipairs { ffi.new("int", 5), ffi.new("char[8]"), ffi.new("struct { int a; }") } do
+        assert.truthy(helper.raises(sslctx.borrow, v))
+      end
+      for k in pairs(require "sslctx.core") do
+        assert.is_nil(k:match("^_%l"), "sslctx.core." .. k)
+      end
+    end)
   end)
 end)

@@ -253,14 +253,32 @@ static int l_openssl_version(lua_State *L) {
 }
 
 /* Under LuaJIT a cdata argument may be a pointer; only LuaJIT's ffi can tell what type it
- * is, so the Lua front registers a checker (sslctx.core._set_cdata_checker) that C asks. */
+ * is, so the core asks a checker written against the ffi, made when the module opens and
+ * kept where no Lua code reaches it (a checker that Lua could replace would let any cdata
+ * pass as a pointer).  Its text: a function pointer (the type reads "...)>") for callbacks,
+ * a data pointer ("...*>", an SSL*) for borrow; nothing else. */
 static const char cdata_checker_key = 'c';
+static const char cdata_checker_src[] =
+  "local ok, ffi = pcall(require, 'ffi')\n"
+  "if not ok then return nil end\n"
+  "local typeof, tostring = ffi.typeof, tostring\n"
+  "return function(value, what)\n"
+  "  local t = tostring(typeof(value))\n"
+  "  local is_function = t:match('%)>$') ~= nil\n"
+  "  if what == 'function' then return is_function end\n"
+  "  return not is_function and t:match('%*>$') ~= nil\n"
+  "end\n";
 
-static int l_set_cdata_checker(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_pushvalue(L, 1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &cdata_checker_key);
-  return 0;
+/* Only LuaJIT has cdata (its global 'jit' says so); without a checker every cdata is refused. */
+static void cdata_checker_open(lua_State *L) {
+  lua_getglobal(L, "jit");
+  if (lua_isnil(L, -1) || luaL_loadstring(L, cdata_checker_src) != 0 || lua_pcall(L, 0, 1, 0) != 0) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (lua_isfunction(L, -1)) lua_rawsetp(L, LUA_REGISTRYINDEX, &cdata_checker_key);
+  else lua_pop(L, 1);
+  lua_pop(L, 1);
 }
 
 int sx_cdata_is(lua_State *L, int idx, const char *what) {
@@ -313,7 +331,6 @@ int luaopen_sslctx_core(lua_State *L) {
     {"crl", sx_crl_new},
     {"openssl_version", l_openssl_version},
     {"borrow", sx_hook_borrow},
-    {"_set_cdata_checker", l_set_cdata_checker},
     {NULL, NULL}
   };
   check_runtime_version(L);
@@ -323,6 +340,7 @@ int luaopen_sslctx_core(lua_State *L) {
   if (sx_ssl_ex_index < 0 || sx_ctx_ex_index < 0)
     luaL_error(L, "sslctx: no OpenSSL ex_data index available");
   objects_create(L);
+  cdata_checker_open(L);
   sx_loaders_open(L);       /* holders and the password slot: before x509 and pkey */
   sx_x509_open(L);
   sx_pkey_open(L);
