@@ -120,3 +120,91 @@ describe("conn:write(s, i, j)", function()
                      "bad argument #2 to 'write' (integer position expected)")
   end)
 end)
+
+describe("conn:drain_to(fd)", function()
+  if not ok_socket then
+    it("needs LuaSocket", function() pending("LuaSocket is not installed") end)
+    return
+  end
+
+  it("sends what drain would give, straight to a socket, and leaves the rest for drain", function()
+    local x, y = tcp_pair()
+    local c, s = helper.connected(helper.client_ctx(), helper.server_ctx())
+    assert.equal(0, c:drain_to(x:getfd()))   -- nothing waits: nothing sent
+    assert.equal(5, c:write("hello"))
+    local waiting = c:pending()
+    assert.equal(waiting, c:drain_to(x:getfd()))
+    assert.equal(0, c:pending())
+    y:settimeout(5)
+    assert(s:feed(assert(y:receive(waiting))))
+    assert.equal("hello", s:read())
+    x:close(); y:close()
+  end)
+
+  it("takes what a full socket takes, never blocks, and drain has the rest in order", function()
+    local x, y = tcp_pair()
+    local c, s = helper.connected(helper.client_ctx(), helper.server_ctx(), { buffer_limit = false })
+    local body = helper.payload(8 * 1024 * 1024)   -- more than loopback buffers hold
+    local sent = 0
+    while sent < #body do sent = sent + assert(c:write(body, sent + 1)) end
+    local total = c:pending()
+    local n = assert(c:drain_to(x:getfd()))
+    assert.is_true(n > 0 and n < total, ("sent %d of %d"):format(n, total))
+    assert.equal(0, c:drain_to(x:getfd()))    -- the socket is full: nothing, at once
+    local rest = c:drain()
+    assert.equal(total - n, #rest)
+    -- the peer reads the direct part, then the rest, and gets the body back whole
+    y:settimeout(5)
+    local first = assert(y:receive(n))
+    x:close()
+    local got = {}
+    local function take(data)
+      local off = 1
+      while off <= #data do
+        off = off + s:feed(data:sub(off))
+        while true do
+          local d = s:read()
+          if not d then break end
+          got[#got + 1] = d
+        end
+      end
+    end
+    take(first)
+    take(rest)
+    assert.is_true(table.concat(got) == body)
+    y:close()
+  end)
+
+  it("fails with kind syscall, takes nothing, and the process lives, on a closed peer or a pipe", function()
+    local x, y = tcp_pair()
+    local c = helper.connected(helper.client_ctx(), helper.server_ctx())
+    y:close()
+    local failed
+    for _ = 1, 50 do           -- the first sends may still be taken before the reset arrives
+      assert(c:write("x"))
+      local n, msg, kind = c:drain_to(x:getfd())
+      if not n then failed = { msg, kind } break end
+      socket.sleep(0.01)
+    end
+    assert.is_truthy(failed, "never failed")
+    assert.equal("syscall", failed[2])
+    assert.is_true(c:pending() > 0)
+    x:close()
+    -- standard input, when it is not a socket (make test gives /dev/null)
+    if not helper.run("readlink /proc/self/fd/0"):match("^socket:") then
+      local n, msg, kind = c:drain_to(0)
+      assert.is_nil(n)
+      assert.equal("syscall", kind)
+      assert.truthy(msg:find("socket", 1, true), msg)
+      assert.is_true(c:pending() > 0)
+    end
+  end)
+
+  it("says what a bad descriptor argument is", function()
+    local c = helper.connected(helper.client_ctx(), helper.server_ctx())
+    for _, bad in ipairs { "3", -1, 1.5, 2 ^ 40 } do
+      assert.has_error(function() c:drain_to(bad) end,
+                       "bad argument #1 to 'drain_to' (file descriptor (a non-negative integer) expected)")
+    end
+  end)
+end)

@@ -70,6 +70,17 @@ static ssize_t fd_send(fd_bio *f, const char *buf, size_t len) {
   return write_nosigpipe(f->fd, buf, len);
 }
 
+/* conn:drain_to: a send that never blocks and never raises SIGPIPE; sockets only (a pipe's
+ * write could block: ENOTSOCK tells the caller to hand the bytes over otherwise).  -> bytes
+ * sent, 0 when the socket takes nothing now, or -1 with errno. */
+ssize_t sx_send_now(int fd, const char *buf, size_t len) {
+  ssize_t n;
+  do n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+  return n;
+}
+
 static ssize_t fd_recv(fd_bio *f, char *buf, size_t len) {
   if (!f->not_socket) {
     ssize_t n = recv(f->fd, buf, len, 0);

@@ -375,6 +375,27 @@ static int conn_drain(lua_State *L) {
   return 1;
 }
 
+/* conn:drain_to(fd) -> bytes sent | nil, msg, "syscall": what waits in drain() goes
+ * straight to a socket the caller owns, as much as it takes now (an event loop whose own
+ * write queue is empty saves making a string of it); the rest stays for drain(). */
+static int conn_drain_to(lua_State *L) {
+  sx_conn *conn = memory_check(L);
+  size_t pending;
+  const char *p = sx_outbox_peek(conn->wbio, &pending);
+  ssize_t n;
+  if (!sx_isintegral(L, 2) || lua_tointeger(L, 2) < 0 || lua_tointeger(L, 2) > INT_MAX)
+    return luaL_argerror(L, 2, "file descriptor (a non-negative integer) expected");
+  if (pending == 0) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  n = sx_send_now((int)lua_tointeger(L, 2), p, pending);
+  if (n < 0) return sx_push_failure(L, "syscall", "%s", strerror(errno));
+  sx_outbox_consume(conn->wbio, (size_t)n);
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
 static int conn_pending(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)BIO_ctrl_pending(memory_check(L)->wbio));
   return 1;
@@ -428,6 +449,7 @@ const luaL_Reg sx_conn_io_methods[] = {
   {"shutdown", conn_shutdown},
   {"feed", conn_feed},
   {"drain", conn_drain},
+  {"drain_to", conn_drain_to},
   {"pending", conn_pending},
   {"renegotiate", conn_renegotiate},
   {"verify_client_post_handshake", conn_verify_client_post_handshake},

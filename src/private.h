@@ -397,6 +397,7 @@ sx_conn *sx_conn_policy_check(lua_State *L, const char *what);
 BIO *sx_fd_bio_new(int fd);   /* bio.c: the fd transport, without SIGPIPE */
 BIO *sx_outbox_new(void);      /* bio.c: the memory transport's write side */
 BIO *sx_inbox_new(void);       /* bio.c: the memory transport's read side */
+ssize_t sx_send_now(int fd, const char *buf, size_t len);   /* bio.c: conn:drain_to's send */
 const char *sx_outbox_peek(BIO *b, size_t *n);
 void sx_outbox_consume(BIO *b, size_t n);
 sx_conn *sx_conn_new_borrowed(lua_State *L, SSL *ssl, lua_State *thread);  /* pushes it */

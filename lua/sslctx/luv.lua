@@ -109,7 +109,7 @@ end
 
 -- The engine's steps (below), each a local function of the stream: nothing of it is reachable
 -- from a stream object.
-local flush, send_data, want_handle, sync_handle, handle_read, feed, handshake_done, pump,
+local flush, hand_over, send_data, want_handle, sync_handle, handle_read, feed, handshake_done, pump,
       deferred_pump, start, fail, do_shutdown
 
 -- ---------------------------------------------------------------------------
@@ -255,6 +255,7 @@ function M.wrap(handle, ctx, opts)
   end
   local self = setmetatable({
     handle = handle, conn = conn,
+    fd = handle:fileno() or false,   -- for conn:drain_to (false: always through the handle)
     hs = "new",             -- "new" | "running" | "done"
     -- hs_cbs: handshake callbacks waiting; rcb: the read callback; reading: the application
     -- reads; hreading: the handle reads; inbuf: input the connection has not taken; pre:
@@ -274,14 +275,43 @@ end
 -- Hands the connection's pending ciphertext to the handle; cb (optional) gets the handle's
 -- verdict (nil or luv's error string).
 function flush(self, cb)
-  local conn = self.conn
-  if conn:pending() == 0 then
+  hand_over(self, {}, 0, cb)
+end
+
+-- A handle write whose callback is still due: the direct path below waits for none, so that
+-- write callbacks keep their order.
+local function counted(self, cb)
+  if not cb then return nil end
+  self.wcbs = (self.wcbs or 0) + 1
+  return function(e)
+    self.wcbs = self.wcbs - 1
+    cb(uverr(e))
+  end
+end
+
+-- Ciphertext to the kernel: out[1..n] (drained earlier) and what the connection holds now.
+-- When the handle has nothing queued and no write callback due, what the socket takes at
+-- once goes straight from the connection (conn:drain_to: no string is made of it); the rest
+-- goes through the handle's queue, whose errors luv reports.  cb (optional) gets the verdict
+-- on the last byte.
+function hand_over(self, out, n, cb)
+  local conn, handle = self.conn, self.handle
+  if n == 0 and self.fd and (self.wcbs or 0) == 0 and handle:get_write_queue_size() == 0 then
+    if not conn:drain_to(self.fd) then self.fd = false end   -- not a socket, or failing: luv tells
+  end
+  if conn:pending() > 0 then
+    n = n + 1
+    out[n] = conn:drain()
+  end
+  if n == 0 then
     if cb then emit(self, cb, nil) end
     return
   end
-  local out = conn:drain()
-  local req, err = self.handle:write(out, uvcb(cb))
-  if not req and cb then emit(self, cb, uverr(err)) end
+  local req, err = handle:write(n == 1 and out[1] or out, counted(self, cb))
+  if not req and cb then
+    self.wcbs = self.wcbs - 1
+    emit(self, cb, uverr(err))
+  end
 end
 
 -- One piece to the connection (stream.send's `write`): bytes taken, 0 when a buffer_limit
@@ -303,17 +333,7 @@ function send_data(self, data, cb)
   local out = {}
   local sent, failure = stream.send(data, 1, #data, PIECE, write_piece, conn, out)
   if not sent then return nil, failure end
-  local n = #out
-  if conn:pending() > 0 then
-    n = n + 1
-    out[n] = conn:drain()
-  end
-  if n == 0 then
-    if cb then emit(self, cb, nil) end
-    return true
-  end
-  local req, err = self.handle:write(n == 1 and out[1] or out, uvcb(cb))
-  if not req and cb then emit(self, cb, uverr(err)) end
+  hand_over(self, out, #out, cb)
   return true
 end
 
@@ -392,15 +412,20 @@ function handshake_done(self)
   self.pre = nil
   self.prebytes = 0
   if pre then
+    -- through the handle's queue: their callbacks come after the handshake's, as luv orders them
+    local fd = self.fd
+    self.fd = false
     for i = 1, #pre, 2 do
       local ok, err = send_data(self, pre[i], pre[i + 1] or nil)
-      if not ok then   -- this write and the rest hear the failure through _fail
+      if not ok then   -- this write and the rest hear the failure through fail
         local rest = {}
         for j = i, #pre do rest[#rest + 1] = pre[j] end
         self.pre = rest
+        self.fd = fd
         return fail(self, err)
       end
     end
+    self.fd = fd
   end
   if self.shut == "waiting" then do_shutdown(self) end
   -- last: a callback that closes the stream finds nothing half done
