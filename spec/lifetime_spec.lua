@@ -289,6 +289,43 @@ describe("buffer_limit", function()
   end)
 end)
 
+-- Resident bytes per idle client/server pair in a child interpreter (each child measures its
+-- own memory): 300 pairs kept after a handshake, `burst` bytes client to server and one byte
+-- back, under release_buffers = `release`.
+local function idle_pair_bytes(release, burst)
+  local out, rc = helper.run_child(([=[
+    local sslctx = require "sslctx"
+    local P = os.getenv("SSLCTX_PKI_DIR") .. "/"
+    local release, big = %s, string.rep("x", %d)
+    local sctx = assert(sslctx.new{ side = "server", certificate = P .. "server-chain.pem",
+                                    key = P .. "server.key", release_buffers = release })
+    local cctx = assert(sslctx.new{ ca_file = P .. "ca.pem", release_buffers = release })
+    local function rss()
+      local f = io.open("/proc/self/statm"); local _, r = f:read("*n", "*n"); f:close()
+      return r * 4096
+    end
+    local function pair()
+      local c, s = cctx:new_connection{ hostname = "localhost" }, sctx:new_connection()
+      for _ = 1, 10 do c:handshake(); s:feed(c:drain()); s:handshake(); c:feed(s:drain()) end
+      local sent, got = 0, 0
+      while sent < #big do sent = sent + assert(c:write(big, sent + 1)) end
+      assert(s:feed(c:drain()) > 0)
+      repeat got = got + #assert(s:read()) until got == #big
+      assert(s:write("y")); c:feed(s:drain()); assert(c:read())
+      return c, s
+    end
+    for _ = 1, 50 do pair() end
+    collectgarbage(); collectgarbage()
+    local keep, before = {}, rss()
+    for _ = 1, 300 do keep[#keep + 1], keep[#keep + 2] = pair() end
+    collectgarbage(); collectgarbage()
+    print("PER-PAIR", (rss() - before) / 300)
+  ]=]):format(tostring(release), burst), 120)
+  local v = tonumber(out:match("PER%-PAIR%s+([%d%.]+)"))
+  assert.is_truthy(v and rc == 0, out)
+  return v
+end
+
 describe("release_buffers", function()
   it("is on by default and can be turned off", function()
     for _, release in ipairs { true, false } do
@@ -301,40 +338,9 @@ describe("release_buffers", function()
     assert.matches("boolean expected", helper.raises(sslctx.new, { release_buffers = "yes" }), 1, true)
   end)
 
-  -- What the mode is for: an idle connection gives its record buffers back (children, so that
-  -- each measures its own resident memory).
+  -- What the mode is for: an idle connection gives its record buffers back.
   it("idle connections hold less with it than without (child interpreters)", function()
-    local function per_pair(release)
-      local out, rc = helper.run_child(([=[
-        local sslctx = require "sslctx"
-        local P = os.getenv("SSLCTX_PKI_DIR") .. "/"
-        local opts = { side = "server", certificate = P .. "server-chain.pem", key = P .. "server.key" }
-        if not %s then opts.release_buffers = false end
-        local sctx = assert(sslctx.new(opts))
-        local cctx = assert(sslctx.new{ ca_file = P .. "ca.pem", release_buffers = %s })
-        local function rss()
-          local f = io.open("/proc/self/statm"); local _, r = f:read("*n", "*n"); f:close()
-          return r * 4096
-        end
-        local function pair()
-          local c, s = cctx:new_connection{ hostname = "localhost" }, sctx:new_connection()
-          for _ = 1, 10 do c:handshake(); s:feed(c:drain()); s:handshake(); c:feed(s:drain()) end
-          assert(c:write(string.rep("x", 32))); s:feed(c:drain()); assert(s:read())
-          assert(s:write("y")); c:feed(s:drain()); assert(c:read())
-          return c, s
-        end
-        for _ = 1, 50 do pair() end
-        collectgarbage(); collectgarbage()
-        local keep, before = {}, rss()
-        for _ = 1, 400 do keep[#keep + 1], keep[#keep + 2] = pair() end
-        collectgarbage(); collectgarbage()
-        print("PER-PAIR", (rss() - before) / 400)
-      ]=]):format(tostring(release), tostring(release)), 120)
-      local v = tonumber(out:match("PER%-PAIR%s+([%d%.]+)"))
-      assert.is_truthy(v and rc == 0, out)
-      return v
-    end
-    local released, kept = per_pair(true), per_pair(false)
+    local released, kept = idle_pair_bytes(true, 32), idle_pair_bytes(false, 32)
     assert.is_true(released + 8192 < kept,
                    ("idle pair: %.0f B with release_buffers, %.0f B without"):format(released, kept))
   end)
@@ -344,40 +350,7 @@ describe("the memory transport's buffers", function()
   -- Both sides free their buffer once it is empty: an idle connection that once received a
   -- burst holds no more than one that never did (a BIO_s_mem would keep the burst's size).
   it("an idle pair keeps nothing of its largest burst (child interpreters)", function()
-    local function per_pair(burst)
-      local out, rc = helper.run_child(([=[
-        local sslctx = require "sslctx"
-        local P = os.getenv("SSLCTX_PKI_DIR") .. "/"
-        local sctx = assert(sslctx.new{ side = "server", certificate = P .. "server-chain.pem",
-                                        key = P .. "server.key" })
-        local cctx = assert(sslctx.new{ ca_file = P .. "ca.pem" })
-        local big = string.rep("x", %d)
-        local function rss()
-          local f = io.open("/proc/self/statm"); local _, r = f:read("*n", "*n"); f:close()
-          return r * 4096
-        end
-        local function pair()
-          local c, s = cctx:new_connection{ hostname = "localhost" }, sctx:new_connection()
-          for _ = 1, 10 do c:handshake(); s:feed(c:drain()); s:handshake(); c:feed(s:drain()) end
-          local sent = 0
-          while sent < #big do sent = sent + assert(c:write(big, sent + 1)) end
-          assert(s:feed(c:drain()) > 0)
-          local got = 0
-          repeat local d = assert(s:read()); got = got + #d until got == #big
-          return c, s
-        end
-        for _ = 1, 50 do pair() end
-        collectgarbage(); collectgarbage()
-        local keep, before = {}, rss()
-        for _ = 1, 300 do keep[#keep + 1], keep[#keep + 2] = pair() end
-        collectgarbage(); collectgarbage()
-        print("PER-PAIR", (rss() - before) / 300)
-      ]=]):format(burst), 120)
-      local v = tonumber(out:match("PER%-PAIR%s+([%d%.]+)"))
-      assert.is_truthy(v and rc == 0, out)
-      return v
-    end
-    local small, large = per_pair(32), per_pair(200000)
+    local small, large = idle_pair_bytes(true, 32), idle_pair_bytes(true, 200000)
     assert.is_true(large < small + 4096,
                    ("idle pair: %.0f B after 32 B, %.0f B after a 200 kB burst"):format(small, large))
   end)
