@@ -349,6 +349,29 @@ describe_luv("sslctx.luv", function()
     assert.same({ "hs:ECANCELED: operation canceled", "w:ECANCELED: operation canceled", "close" }, order)
   end)
 
+  -- A small write goes to the socket at once (conn:drain_to), a large one partly waits on the
+  -- handle: closing right after must still call them back in order, sent before canceled.
+  it("write callbacks keep their order when one went straight to the socket and close cancels the next", function()
+    local sctx = helper.server_ctx()
+    local order = {}
+    local port, server = listen(sctx, G(function(s)
+      s:read_start(G(function(_, d) if not d then s:close() end end))
+    end))
+    dial(port, G(function(tcp)
+      local s = tls.wrap(tcp, client_ctx(), { hostname = "localhost" })
+      s:handshake(G(function(err)
+        assert.is_nil(err)
+        s:write(("x"):rep(100), G(function(e) order[#order + 1] = "w1:" .. tostring(e) end))
+        s:write(("y"):rep(4 * 1024 * 1024), G(function(e) order[#order + 1] = "w2:" .. tostring(e) end))
+        s:close(G(function() order[#order + 1] = "close"; server:close() end))
+      end))
+    end))
+    assert.is_true(run_until(function() return order[#order] == "close" end))
+    assert.equal(3, #order)
+    assert.equal("w1:nil", order[1])
+    assert.truthy(order[2]:find("^w2:ECANCELED"), order[2])
+  end)
+
   it("hostile callbacks: close inside the handshake callback with writes and a read pending; wrap inside a timeout", function()
     local sctx = helper.server_ctx()
     local order = {}

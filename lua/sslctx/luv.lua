@@ -278,25 +278,9 @@ function flush(self, cb)
   hand_over(self, {}, 0, cb)
 end
 
--- A handle write whose callback is still due: the direct path below waits for none, so that
--- write callbacks keep their order.
-local function counted(self, cb)
-  if not cb then return nil end
-  self.wcbs = (self.wcbs or 0) + 1
-  return function(e)
-    self.wcbs = self.wcbs - 1
-    cb(uverr(e))
-  end
-end
-
--- Ciphertext to the kernel: out[1..n] (drained earlier) and what the connection holds now.
--- When the handle has nothing queued and no write callback due, what the socket takes at
--- once goes straight from the connection (conn:drain_to: no string is made of it); the rest
--- goes through the handle's queue, whose errors luv reports.  cb (optional) gets the verdict
--- on the last byte.
 function hand_over(self, out, n, cb)
   local conn, handle = self.conn, self.handle
-  if n == 0 and self.fd and (self.wcbs or 0) == 0 and handle:get_write_queue_size() == 0 then
+  if n == 0 and self.fd and handle:get_write_queue_size() == 0 then
     if not conn:drain_to(self.fd) then self.fd = false end   -- not a socket, or failing: luv tells
   end
   if conn:pending() > 0 then
@@ -304,14 +288,12 @@ function hand_over(self, out, n, cb)
     out[n] = conn:drain()
   end
   if n == 0 then
-    if cb then emit(self, cb, nil) end
-    return
+    -- all sent: an empty write keeps the callback in luv's order among the others
+    if not cb then return end
+    out[1], n = "", 1
   end
-  local req, err = handle:write(n == 1 and out[1] or out, counted(self, cb))
-  if not req and cb then
-    self.wcbs = self.wcbs - 1
-    emit(self, cb, uverr(err))
-  end
+  local req, err = handle:write(n == 1 and out[1] or out, uvcb(cb))
+  if not req and cb then emit(self, cb, uverr(err)) end
 end
 
 -- One piece to the connection (stream.send's `write`): bytes taken, 0 when a buffer_limit
@@ -412,20 +394,15 @@ function handshake_done(self)
   self.pre = nil
   self.prebytes = 0
   if pre then
-    -- through the handle's queue: their callbacks come after the handshake's, as luv orders them
-    local fd = self.fd
-    self.fd = false
     for i = 1, #pre, 2 do
       local ok, err = send_data(self, pre[i], pre[i + 1] or nil)
       if not ok then   -- this write and the rest hear the failure through fail
         local rest = {}
         for j = i, #pre do rest[#rest + 1] = pre[j] end
         self.pre = rest
-        self.fd = fd
         return fail(self, err)
       end
     end
-    self.fd = fd
   end
   if self.shut == "waiting" then do_shutdown(self) end
   -- last: a callback that closes the stream finds nothing half done
